@@ -1,0 +1,70 @@
+// swift-tools-version: 6.1
+// Tessera: change block tracking, an NBD write-path filter, and a deduplicating
+// backup repository for virtual disks stored as flat files.
+import PackageDescription
+
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let systemPackage = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+
+let package = Package(
+    name: "Tessera",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tessera", targets: ["tessera"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+    ],
+    targets: [
+        // MARK: - C libraries (Debian: libzstd-dev, libxxhash-dev). One Swift file imports each.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+
+        // MARK: - Layers, lowest first
+        .target(name: "Codecs", dependencies: ["CZstd", "CXXHash"]),
+        .target(name: "CLinuxShims"),
+        .target(name: "BlockIO", dependencies: ["CLinuxShims", systemPackage]),
+        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", logging]),
+        .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
+        .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", systemPackage, logging]),
+        .target(name: "Filter", dependencies: ["ChangeTracking", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
+        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "NBD", "Filter", "ChangeTracking", "Codecs", logging]),
+        .executableTarget(name: "tessera", dependencies: [
+            "Codecs", "BlockIO", "ChangeTracking", "NBD", "Filter", "BackupRepository", "Agent",
+            argumentParser, logging,
+        ]),
+
+        // MARK: - Tools (never imported by Sources)
+        .executableTarget(name: "tessera-microbench", dependencies: ["ChangeTracking", "BackupRepository", "Codecs", "BlockIO"],
+                          path: "Tools/microbench"),
+        .executableTarget(name: "tracker-torture", dependencies: ["ChangeTracking", "BlockIO"],
+                          path: "Tools/tracker-torture"),
+        .executableTarget(name: "make-fixtures", dependencies: ["BackupRepository", "Codecs", "BlockIO"],
+                          path: "Tools/make-fixtures"),
+
+        // MARK: - Tests
+        .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs"], path: "Tests/TestSupport"),
+        .testTarget(name: "CodecsTests", dependencies: ["Codecs", "TestSupport"]),
+        .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "TestSupport"]),
+        .testTarget(name: "ChangeTrackingTests", dependencies: ["ChangeTracking", "BlockIO", "TestSupport"]),
+        .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockIO", "TestSupport", nioCore, nioPosix]),
+        .testTarget(name: "BackupRepositoryTests", dependencies: ["BackupRepository", "Codecs", "BlockIO", "TestSupport"]),
+        .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "NBD", "BlockIO", "TestSupport"]),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "Filter", "BlockIO", "TestSupport"]),
+        .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
+    ]
+)
+
+for target in package.targets where [.regular, .executable, .test].contains(target.type) {
+    target.swiftSettings = (target.swiftSettings ?? []) + [
+        .swiftLanguageMode(.v6),
+        .enableUpcomingFeature("ExistentialAny"),
+        .enableUpcomingFeature("MemberImportVisibility"),
+    ]
+}

@@ -1,0 +1,10 @@
+// Linux calls that Glibc's Swift overlay does not expose without _GNU_SOURCE.
+#pragma once
+#include <sys/types.h>
+
+/// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE); returns 0 or -1 with errno set.
+int tessera_punch_hole(int fd, off_t offset, off_t length);
+/// lseek(fd, offset, SEEK_DATA); returns the offset or -1 with errno set.
+off_t tessera_seek_data(int fd, off_t offset);
+/// lseek(fd, offset, SEEK_HOLE); returns the offset or -1 with errno set.
+off_t tessera_seek_hole(int fd, off_t offset);

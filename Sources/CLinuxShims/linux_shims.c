@@ -1,0 +1,12 @@
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <unistd.h>
+#include "linux_shims.h"
+
+int tessera_punch_hole(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+off_t tessera_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
+
+off_t tessera_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
