@@ -1,1 +1,10 @@
-print("not yet")
+// Micro-benchmarks (not tests): numbers that BENCHMARKS.md quotes.
+//   swift run -c release tessera-microbench tracker [options]
+//   swift run -c release tessera-microbench repository [options]
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "tracker": TrackerBench.run(Array(arguments.dropFirst()))
+case "repository": RepositoryBench.run(Array(arguments.dropFirst()))
+default:
+    print("usage: tessera-microbench tracker|repository [options]")
+}

@@ -1,0 +1,3 @@
+enum RepositoryBench {
+    static func run(_ arguments: [String]) { print("repository benchmark: not written yet") }
+}

@@ -1,0 +1,3 @@
+enum TrackerBench {
+    static func run(_ arguments: [String]) { print("tracker benchmark: not written yet") }
+}
