@@ -1,0 +1,148 @@
+import BackupRepository
+import BlockIO
+import Codecs
+import Foundation
+import Synchronization
+
+/// What the pipeline decided for one chunk.
+public enum ChunkOutcome: Sendable, Equatable {
+    case zero
+    case reused(ChunkID)
+    case stored(ChunkID, storedBytes: UInt64)
+
+    var id: ChunkID? {
+        switch self {
+        case .zero: return nil
+        case .reused(let id), .stored(let id, _): return id
+        }
+    }
+}
+
+/// Counters shared by the pipeline's threads and read by the progress reporter.
+public final class PipelineCounters: Sendable {
+    public let bytesRead = Atomic<UInt64>(0)
+    public let bytesPlanned = Atomic<UInt64>(0)
+    public let chunksNew = Atomic<Int>(0)
+    public let chunksReused = Atomic<Int>(0)
+    public let chunksZero = Atomic<Int>(0)
+    public let bytesStored = Atomic<UInt64>(0)
+    public init() {}
+}
+
+/// Reads aligned segments of a disk, cuts them into chunks, and for each chunk: detects
+/// zeroes, hashes (XXH3-128), looks it up, compresses and stores the new ones.
+///
+/// Every worker thread reads its own segment and then does the CPU work, so reading one
+/// segment overlaps with hashing and compressing others; memory is bounded by
+/// `workers × segmentSize`. A source that cannot be read concurrently (one NBD connection)
+/// serialises its reads internally while the CPU work stays parallel.
+struct ChunkPipeline {
+    static let segmentSize: UInt64 = 4 << 20
+
+    let source: any DiskSource
+    let repository: Repository
+    let writer: RepositoryWriter
+    let chunkSize: UInt64
+    let workers: Int
+    let counters: PipelineCounters
+
+    /// Turns byte ranges into chunk-aligned segments of at most `segmentSize`, clipped at
+    /// the end of the disk, in disk order, without overlaps.
+    static func segments(for ranges: [ByteRange], chunkSize: UInt64, diskSize: UInt64) -> [ByteRange] {
+        let aligned = ranges.map { $0.alignedOutward(to: chunkSize, clippedAt: diskSize) }.coalesced()
+        var out: [ByteRange] = []
+        let step = max(segmentSize / chunkSize, 1) * chunkSize
+        for r in aligned {
+            var at = r.offset
+            while at < r.end {
+                let n = min(step, r.end - at)
+                out.append(ByteRange(offset: at, length: n))
+                at += n
+            }
+        }
+        return out
+    }
+
+    /// Processes `segments` and calls `record(chunkIndex, outcome)` for every chunk (from
+    /// worker threads; the callee synchronises).
+    func run(segments: [ByteRange], record: @escaping @Sendable (Int, ChunkOutcome) -> Void) throws {
+        let next = Atomic<Int>(0)
+        let failure = Mutex<(any Error)?>(nil)
+        let threadCount = max(1, min(workers, segments.count))
+        let group = DispatchGroup()
+        for _ in 0..<threadCount {
+            group.enter()
+            let thread = Thread { [self] in
+                defer { group.leave() }
+                var buffer = [UInt8](repeating: 0, count: Int(max(ChunkPipeline.segmentSize, chunkSize)))
+                while failure.withLock({ $0 == nil }) {
+                    let i = next.add(1, ordering: .relaxed).oldValue
+                    guard i < segments.count else { return }
+                    do {
+                        try process(segments[i], buffer: &buffer, record: record)
+                    } catch {
+                        failure.withLock { if $0 == nil { $0 = error } }
+                        return
+                    }
+                }
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        group.wait()
+        if let error = failure.withLock({ $0 }) { throw error }
+    }
+
+    private func process(_ segment: ByteRange, buffer: inout [UInt8], record: (Int, ChunkOutcome) -> Void) throws {
+        let count = Int(segment.length)
+        try buffer.withUnsafeMutableBytes { raw in
+            let window = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
+            do {
+                try source.read(into: window, at: segment.offset)
+            } catch let e as AgentError {
+                throw e
+            } catch {
+                throw AgentError(.source, "reading \(source.description) at \(segment) failed: \(error)")
+            }
+        }
+        counters.bytesRead.add(UInt64(count), ordering: .relaxed)
+        var at = 0
+        while at < count {
+            let n = min(Int(chunkSize), count - at)
+            let chunkIndex = Int((segment.offset + UInt64(at)) / chunkSize)
+            let outcome: ChunkOutcome = try buffer.withUnsafeBytes { raw in
+                let chunk = UnsafeRawBufferPointer(rebasing: raw[at..<(at + n)])
+                if ChunkPipeline.isAllZero(chunk) { return .zero }
+                let id = XXH3.hash128(chunk)
+                if repository.contains(id) { return .reused(id) }
+                switch try writer.store(chunk: chunk, id: id) {
+                case .new(let stored): return .stored(id, storedBytes: UInt64(stored))
+                case .duplicate: return .reused(id)
+                }
+            }
+            switch outcome {
+            case .zero: counters.chunksZero.add(1, ordering: .relaxed)
+            case .reused: counters.chunksReused.add(1, ordering: .relaxed)
+            case .stored(_, let bytes):
+                counters.chunksNew.add(1, ordering: .relaxed)
+                counters.bytesStored.add(bytes, ordering: .relaxed)
+            }
+            record(chunkIndex, outcome)
+            at += n
+        }
+    }
+
+    /// True when every byte is zero (checked a word at a time).
+    static func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let base = bytes.baseAddress else { return true }
+        let words = bytes.count / 8
+        var acc: UInt64 = 0
+        for i in 0..<words {
+            acc |= base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)
+            if i & 511 == 511 && acc != 0 { return false }
+        }
+        if acc != 0 { return false }
+        for i in (words * 8)..<bytes.count where base.load(fromByteOffset: i, as: UInt8.self) != 0 { return false }
+        return true
+    }
+}

@@ -1,0 +1,145 @@
+import BackupRepository
+import BlockIO
+import Foundation
+import Synchronization
+
+/// The agent's uses of the repository, with repository errors turned into agent errors
+/// that carry the CLI's exit-code categories (no repository, locked).
+enum RepositoryAccess {
+    static func open(_ path: String) throws -> Repository {
+        do {
+            return try Repository.open(at: path)
+        } catch let e as RepositoryError {
+            switch e.code {
+            case .notARepository, .notFound:
+                throw AgentError(.noRepository, e.message)
+            default:
+                throw AgentError(.repository, e.message)
+            }
+        }
+    }
+
+    static func lock(_ repository: Repository, _ kind: LockKind) throws -> Releasable {
+        do {
+            return Releasable(try repository.lock(kind))
+        } catch let e as RepositoryError where e.code == .locked {
+            throw AgentError(.locked, e.message)
+        }
+    }
+
+    /// A held lock, refreshed in the background so a long backup's lock never looks stale,
+    /// and released once (a lock left behind by a crash is detectably stale).
+    final class Releasable: Sendable {
+        let lock: RepositoryLock
+        private let stopped = Atomic<Bool>(false)
+
+        init(_ lock: RepositoryLock) {
+            self.lock = lock
+            // The thread holds the object until release() stops it; callers release in a defer.
+            Thread { [self] in
+                var waited = 0.0
+                while !self.stopped.load(ordering: .relaxed) {
+                    Thread.sleep(forTimeInterval: 1)
+                    waited += 1
+                    if waited >= 300 {
+                        waited = 0
+                        try? lock.refresh()
+                    }
+                }
+            }.start()
+        }
+
+        func release() {
+            guard !stopped.exchange(true, ordering: .relaxed) else { return }
+            try? lock.release()
+        }
+    }
+
+    /// The newest snapshot of `disk` whose map reads back, with a note when newer ones were
+    /// skipped (a damaged base is never built on).
+    static func newestUsableSnapshot(_ repository: Repository, disk: String) -> (SnapshotRecord?, DiskMap?, String?) {
+        let all: [SnapshotRecord]
+        do {
+            all = try repository.snapshots().filter { $0.diskName == disk }
+        } catch {
+            return (nil, nil, "the snapshot list cannot be read: \(error)")
+        }
+        var note: String?
+        for record in all.reversed() {
+            do {
+                return (record, try repository.readDiskMap(record.diskMap), note)
+            } catch {
+                note = "the newest snapshot \(record.id) of disk \(disk) is damaged (\(error)); an older one is the base"
+            }
+        }
+        if let note { return (nil, nil, note + ", and no older snapshot is usable") }
+        return (nil, nil, nil)
+    }
+
+    static func emptyMap(size: UInt64, chunkSize: Int) -> DiskMap {
+        // The chunk size comes from the repository's own config, which was validated on open.
+        try! DiskMap(diskSize: size, chunkSize: chunkSize)
+    }
+
+    static func resized(_ map: DiskMap, to size: UInt64) -> DiskMap {
+        size == map.diskSize ? map : (try! DiskMap(copying: map, resizedTo: size))
+    }
+
+    static func get(_ map: DiskMap, _ i: Int) -> ChunkID? { map[i] }
+    static func set(_ map: inout DiskMap, _ i: Int, _ id: ChunkID?) { map[i] = id }
+    static func count(_ map: DiskMap) -> Int { map.count }
+
+    static func writer(_ repository: Repository) throws -> RepositoryWriter {
+        do { return try repository.makeWriter() } catch let e as RepositoryError {
+            throw AgentError(.repository, e.message)
+        }
+    }
+
+    /// Writes the map, then the snapshot record: the one commit point of the backup.
+    static func commit(writer: RepositoryWriter, map: DiskMap, summary: BackupSummary, tags: [String],
+                       chunkSize: Int, started: Date) throws -> String {
+        let mapID = try writer.writeDiskMap(map)
+        let record = SnapshotRecord(
+            diskName: summary.disk, time: started, diskSize: summary.diskSize, chunkSize: chunkSize,
+            parent: summary.parent, changeID: summary.changeID,
+            source: SnapshotRecord.Source(rawValue: summary.mode.rawValue) ?? .full, tags: tags,
+            stats: SnapshotRecord.Stats(bytesRead: summary.bytesRead, chunksNew: summary.chunksNew,
+                                        chunksReused: summary.chunksReused, chunksZero: summary.chunksZero,
+                                        bytesStored: summary.bytesStored, seconds: Date().timeIntervalSince(started)),
+            diskMap: mapID)
+        try writer.commit(record)
+        return record.id
+    }
+
+    /// A snapshot by id, unique prefix, or `latest` (newest of `disk`, or of the only disk).
+    static func resolve(_ repository: Repository, _ spec: String, disk: String?) throws -> SnapshotRecord {
+        do {
+            if spec == "latest" {
+                let all = try repository.snapshots()
+                let candidates = disk.map { d in all.filter { $0.diskName == d } } ?? all
+                if disk == nil && Set(candidates.map(\.diskName)).count > 1 {
+                    throw AgentError(.invalidArgument, "the repository holds several disks; say which with --disk")
+                }
+                guard let last = candidates.last else {
+                    throw AgentError(.invalidArgument, "no snapshot\(disk.map { " of disk \($0)" } ?? "") in the repository")
+                }
+                return last
+            }
+            let record = try repository.snapshot(matching: spec)
+            if let disk, record.diskName != disk {
+                throw AgentError(.invalidArgument, "snapshot \(record.id) is of disk \(record.diskName), not \(disk)")
+            }
+            return record
+        } catch let e as RepositoryError {
+            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message)
+        }
+    }
+
+    static func readMap(_ repository: Repository, _ record: SnapshotRecord) throws -> DiskMap {
+        do {
+            return try repository.readDiskMap(record.diskMap)
+        } catch let e as RepositoryError {
+            throw AgentError(.damaged, "snapshot \(record.id): its disk map cannot be read: \(e.message)")
+        }
+    }
+}

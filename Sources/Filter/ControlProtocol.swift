@@ -1,0 +1,183 @@
+import Foundation
+
+/// The control endpoint's wire format, version 1 (documented in docs/CONTROL.md).
+///
+/// Modelled on a character device driven by ioctls: a fixed header carrying a numbered
+/// request, then a JSON payload. All integers little-endian.
+///
+///     request:  magic "TSCQ" u32 | version u16 | request u16 | id u32 | length u32 | JSON
+///     response: magic "TSCR" u32 | version u16 | status  u16 | id u32 | length u32 | JSON
+public enum ControlProtocol {
+    public static let requestMagic: UInt32 = 0x5453_4351 // "TSCQ"
+    public static let responseMagic: UInt32 = 0x5453_4352 // "TSCR"
+    public static let version: UInt16 = 1
+    public static let headerSize = 16
+    /// Requests are small; anything bigger is garbage, refused before reading it.
+    public static let maxRequestPayload = 64 * 1024
+    public static let maxResponsePayload = 64 * 1024 * 1024
+
+    /// The numbered requests (the "ioctl numbers").
+    public enum Request: UInt16, Sendable, CaseIterable {
+        case attach = 1
+        case detach = 2
+        case status = 3
+        case checkpoint = 4
+        case queryChanges = 5
+        case release = 6
+        case reset = 7
+    }
+
+    /// Response status numbers: 0 is success, the rest name a `FilterError.Code`.
+    public static func statusNumber(_ code: FilterError.Code?) -> UInt16 {
+        guard let code else { return 0 }
+        switch code {
+        case .badRequest: return 1
+        case .unknownRequest: return 2
+        case .unsupportedVersion: return 3
+        case .unknownDisk: return 4
+        case .diskExists: return 5
+        case .checkpointOpen: return 6
+        case .noCheckpoint: return 7
+        case .fullReadRequired: return 8
+        case .invalidArgument: return 9
+        case .damaged: return 10
+        case .io: return 11
+        case .busy: return 12
+        case .unreachable: return 13
+        }
+    }
+
+    public static func code(forStatus status: UInt16) -> FilterError.Code {
+        for code in [FilterError.Code.badRequest, .unknownRequest, .unsupportedVersion, .unknownDisk, .diskExists,
+                     .checkpointOpen, .noCheckpoint, .fullReadRequired, .invalidArgument, .damaged, .io, .busy, .unreachable]
+        where statusNumber(code) == status {
+            return code
+        }
+        return .io
+    }
+
+    public struct Header: Equatable, Sendable {
+        public var magic: UInt32
+        public var version: UInt16
+        public var number: UInt16 // request code or status
+        public var id: UInt32
+        public var length: UInt32
+
+        public init(magic: UInt32, version: UInt16 = ControlProtocol.version, number: UInt16, id: UInt32, length: UInt32) {
+            self.magic = magic
+            self.version = version
+            self.number = number
+            self.id = id
+            self.length = length
+        }
+
+        public var bytes: [UInt8] {
+            var w = ByteWriter()
+            w.u32(magic); w.u16(version); w.u16(number); w.u32(id); w.u32(length)
+            return w.bytes
+        }
+
+        public init(parsing bytes: [UInt8]) {
+            var r = ByteReader(bytes)
+            magic = r.u32(); version = r.u16(); number = r.u16(); id = r.u32(); length = r.u32()
+        }
+    }
+
+    // MARK: - Payloads
+
+    public struct DiskRequest: Codable, Sendable {
+        public var disk: String
+        public init(disk: String) { self.disk = disk }
+    }
+
+    public struct AttachRequest: Codable, Sendable {
+        public var disk: String
+        public var path: String
+        public init(disk: String, path: String) { self.disk = disk; self.path = path }
+    }
+
+    public struct StatusRequest: Codable, Sendable {
+        public var disk: String?
+        public init(disk: String?) { self.disk = disk }
+    }
+
+    public struct StatusReply: Codable, Sendable {
+        public var protocolVersion: Int
+        public var disks: [DiskStatus]
+    }
+
+    public struct CheckpointReply: Codable, Sendable {
+        public var disk: String
+        public var changeID: String
+        public var previous: String?
+        public var createdAt: Double
+        /// The frozen flat file(s) to read: the base stays still until RELEASE.
+        public var path: String
+        public var files: [String]
+        public var size: UInt64
+        public var granularity: UInt64
+    }
+
+    public struct QueryChangesRequest: Codable, Sendable {
+        public var disk: String
+        public var since: String
+        public var offset: UInt64?
+        public var length: UInt64?
+        public init(disk: String, since: String, offset: UInt64? = nil, length: UInt64? = nil) {
+            self.disk = disk; self.since = since; self.offset = offset; self.length = length
+        }
+    }
+
+    public struct Extent: Codable, Sendable, Equatable {
+        public var offset: UInt64
+        public var length: UInt64
+        /// The range was last trimmed or zeroed: it reads as zeroes, no need to read it.
+        public var zero: Bool
+        public init(offset: UInt64, length: UInt64, zero: Bool) { self.offset = offset; self.length = length; self.zero = zero }
+    }
+
+    public struct QueryChangesReply: Codable, Sendable {
+        public var disk: String
+        public var since: String
+        public var extents: [Extent]
+        /// The part of the disk this page covers; ask again from its end for the rest.
+        public var processedOffset: UInt64
+        public var processedLength: UInt64
+        public var size: UInt64
+    }
+
+    public struct ReleaseRequest: Codable, Sendable {
+        public var disk: String
+        public var commit: Bool
+        public init(disk: String, commit: Bool) { self.disk = disk; self.commit = commit }
+    }
+
+    public struct ResetRequest: Codable, Sendable {
+        public var disk: String
+        public var reason: String?
+        public init(disk: String, reason: String?) { self.disk = disk; self.reason = reason }
+    }
+
+    public struct ErrorReply: Codable, Sendable {
+        public var error: String
+        public var code: String
+    }
+
+    public struct Empty: Codable, Sendable {
+        public init() {}
+    }
+
+    static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return Array((try? encoder.encode(value)) ?? Data("{}".utf8))
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], request: Request) throws -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(bytes))
+        } catch {
+            throw FilterError(.badRequest, "the \(request) request's payload is not valid JSON of the expected shape (\(error)); see docs/CONTROL.md")
+        }
+    }
+}

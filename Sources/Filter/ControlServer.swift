@@ -1,0 +1,128 @@
+import Foundation
+import Logging
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves the control endpoint on a Unix socket (mode 0600).
+///
+/// One thread accepts; each connection gets a thread. A malformed message gets an error
+/// reply and the connection is closed (a byte stream cannot be resynchronised); the server
+/// and its other connections carry on.
+public final class ControlServer: Sendable {
+    public typealias Handler = @Sendable (ControlProtocol.Request, [UInt8]) throws -> [UInt8]
+
+    public let path: String
+    private let handler: Handler
+    private let logger: Logger
+    private let listener: Mutex<Int32> = Mutex(-1)
+    private let stopped = Mutex(false)
+    private let connections = Mutex<Set<Int32>>([])
+
+    public init(path: String, logger: Logger, handler: @escaping Handler) {
+        self.path = path
+        self.logger = logger
+        self.handler = handler
+    }
+
+    public func start() throws {
+        let fd = try UnixSocket.listen(path: path)
+        listener.withLock { $0 = fd }
+        let thread = Thread { [self] in acceptLoop(fd) }
+        thread.name = "control-accept"
+        thread.start()
+    }
+
+    /// Stops accepting, closes open connections and removes the socket file.
+    public func stop() {
+        stopped.withLock { $0 = true }
+        let fd = listener.withLock { fd -> Int32 in
+            let old = fd
+            fd = -1
+            return old
+        }
+        if fd >= 0 {
+            shutdown(fd, Int32(SHUT_RDWR))
+            close(fd)
+            unlink(path)
+        }
+        for c in connections.withLock({ $0 }) { shutdown(c, Int32(SHUT_RDWR)) }
+    }
+
+    private func acceptLoop(_ fd: Int32) {
+        while !stopped.withLock({ $0 }) {
+            let client = accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            if client < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                if stopped.withLock({ $0 }) { return }
+                logger.warning("control endpoint: accept failed: \(String(cString: strerror(errno)))")
+                usleep(100_000)
+                continue
+            }
+            connections.withLock { _ = $0.insert(client) }
+            let thread = Thread { [self] in
+                serve(client)
+                connections.withLock { _ = $0.remove(client) }
+                close(client)
+            }
+            thread.name = "control-connection"
+            thread.start()
+        }
+    }
+
+    private func serve(_ fd: Int32) {
+        while true {
+            let headerBytes: [UInt8]
+            do {
+                guard let h = try UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return }
+                headerBytes = h
+            } catch {
+                logger.info("control endpoint: \(error)")
+                return
+            }
+            let header = ControlProtocol.Header(parsing: headerBytes)
+            guard header.magic == ControlProtocol.requestMagic else {
+                reply(fd, id: header.id, error: FilterError(.badRequest, "not a control request (bad magic 0x\(String(header.magic, radix: 16))); this socket speaks the Tessera control protocol v1, see docs/CONTROL.md"))
+                return
+            }
+            guard header.version == ControlProtocol.version else {
+                reply(fd, id: header.id, error: FilterError(.unsupportedVersion, "control protocol version \(header.version) is not supported; this filter speaks version \(ControlProtocol.version)"))
+                return
+            }
+            guard header.length <= ControlProtocol.maxRequestPayload else {
+                reply(fd, id: header.id, error: FilterError(.badRequest, "request payload of \(header.length) bytes is over the \(ControlProtocol.maxRequestPayload)-byte limit"))
+                return
+            }
+            let payload: [UInt8]
+            do {
+                payload = try UnixSocket.readExactly(fd, Int(header.length)) ?? []
+                if payload.count != Int(header.length) { return }
+            } catch {
+                logger.info("control endpoint: \(error)")
+                return
+            }
+            guard let request = ControlProtocol.Request(rawValue: header.number) else {
+                // The payload was consumed, so the stream is still in step: keep the connection.
+                reply(fd, id: header.id, error: FilterError(.unknownRequest, "unknown request number \(header.number); known: 1 ATTACH, 2 DETACH, 3 STATUS, 4 CHECKPOINT, 5 QUERY_CHANGES, 6 RELEASE, 7 RESET"))
+                continue
+            }
+            do {
+                let body = try handler(request, payload)
+                let out = ControlProtocol.Header(magic: ControlProtocol.responseMagic, number: 0, id: header.id, length: UInt32(body.count))
+                try UnixSocket.writeAll(fd, out.bytes + body)
+            } catch let error as FilterError {
+                reply(fd, id: header.id, error: error)
+            } catch {
+                reply(fd, id: header.id, error: FilterError(.io, "\(error)"))
+            }
+        }
+    }
+
+    private func reply(_ fd: Int32, id: UInt32, error: FilterError) {
+        let body = ControlProtocol.encode(ControlProtocol.ErrorReply(error: error.message, code: error.code.rawValue))
+        let header = ControlProtocol.Header(magic: ControlProtocol.responseMagic,
+                                            number: ControlProtocol.statusNumber(error.code), id: id, length: UInt32(body.count))
+        try? UnixSocket.writeAll(fd, header.bytes + body)
+    }
+}

@@ -1,0 +1,161 @@
+import BlockIO
+import ChangeTracking
+import Foundation
+import Logging
+import Synchronization
+
+/// The filter: the set of attached disks and the requests of the control endpoint.
+///
+/// The NBD server (see `FilterExportProvider`) and the control server both call into it.
+public final class FilterService: Sendable {
+    public let stateDirectory: String
+    public let configuration: TrackerConfiguration
+    private let disks = Mutex<[String: FilteredDisk]>([:])
+    private let logger: Logger
+
+    public init(stateDirectory: String, configuration: TrackerConfiguration, logger: Logger) throws {
+        self.stateDirectory = stateDirectory
+        self.configuration = configuration
+        self.logger = logger
+        try DurableFile.makeDirectory(stateDirectory)
+    }
+
+    /// Disk names become directory and export names: keep them plain.
+    public static func validateDiskName(_ name: String) throws {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix(".") else {
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
+        }
+    }
+
+    public func disk(named name: String) throws -> FilteredDisk {
+        guard let d = disks.withLock({ $0[name] }) else {
+            let known = disks.withLock { $0.keys.sorted() }.joined(separator: ", ")
+            throw FilterError(.unknownDisk, "no disk named '\(name)' is attached (attached: \(known.isEmpty ? "none" : known))")
+        }
+        return d
+    }
+
+    public var diskNames: [String] { disks.withLock { $0.keys.sorted() } }
+
+    @discardableResult
+    public func attach(name: String, path: String) throws -> FilteredDisk {
+        try FilterService.validateDiskName(name)
+        if disks.withLock({ $0[name] }) != nil {
+            throw FilterError(.diskExists, "a disk named '\(name)' is already attached")
+        }
+        let disk = try FilteredDisk.attach(name: name, path: path, stateDirectory: "\(stateDirectory)/\(name)",
+                                           configuration: configuration)
+        try disks.withLock { d in
+            if d[name] != nil { throw FilterError(.diskExists, "a disk named '\(name)' is already attached") }
+            d[name] = disk
+        }
+        for note in disk.attachNotes { logger.notice("disk \(name): \(note)") }
+        logger.info("attached disk \(name) (\(disk.size) bytes) from \(path)")
+        return disk
+    }
+
+    /// Stops tracking a disk. Its tracking state is closed cleanly and kept, so attaching the
+    /// same file again continues the same generation unless the file changed meanwhile.
+    public func detach(name: String) throws {
+        let disk = try self.disk(named: name)
+        if disk.hasCheckpoint {
+            throw FilterError(.checkpointOpen, "disk \(name) has an open checkpoint; release it before detaching")
+        }
+        try disk.close()
+        disks.withLock { _ = $0.removeValue(forKey: name) }
+        logger.info("detached disk \(name)")
+    }
+
+    /// Persists every disk's tracking state (the periodic write).
+    public func persistAll() {
+        for disk in disks.withLock({ Array($0.values) }) {
+            do { try disk.persist() } catch { logger.error("disk \(disk.name): persisting tracking state failed: \(error)") }
+        }
+    }
+
+    /// Clean shutdown of every disk.
+    public func closeAll() {
+        for disk in disks.withLock({ Array($0.values) }) {
+            do { try disk.close() } catch { logger.error("disk \(disk.name): clean close failed: \(error)") }
+        }
+        disks.withLock { $0.removeAll() }
+    }
+
+    // MARK: - Control requests
+
+    /// Handles one control request: decodes its payload, acts, encodes the reply.
+    public func handle(_ request: ControlProtocol.Request, _ payload: [UInt8]) throws -> [UInt8] {
+        typealias P = ControlProtocol
+        switch request {
+        case .attach:
+            let r = try P.decode(P.AttachRequest.self, payload, request: request)
+            return P.encode(try attach(name: r.disk, path: r.path).status())
+        case .detach:
+            let r = try P.decode(P.DiskRequest.self, payload, request: request)
+            try detach(name: r.disk)
+            return P.encode(P.Empty())
+        case .status:
+            let r = try P.decode(P.StatusRequest.self, payload, request: request)
+            let list = try r.disk.map { [try disk(named: $0)] } ?? disks.withLock { $0.values.sorted { $0.name < $1.name } }
+            return P.encode(P.StatusReply(protocolVersion: Int(P.version), disks: list.map { $0.status() }))
+        case .checkpoint:
+            let r = try P.decode(P.DiskRequest.self, payload, request: request)
+            let d = try disk(named: r.disk)
+            let info = try mapTrackerError { try d.checkpoint() }
+            logger.info("disk \(d.name): checkpoint \(info.changeID)")
+            return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
+                                              previous: info.previous?.description,
+                                              createdAt: info.createdAt.timeIntervalSince1970, path: d.path,
+                                              files: d.image.extents.map(\.path), size: d.size,
+                                              granularity: d.blockSize))
+        case .queryChanges:
+            let r = try P.decode(P.QueryChangesRequest.self, payload, request: request)
+            let d = try disk(named: r.disk)
+            guard let since = ChangeID(r.since) else {
+                throw FilterError(.invalidArgument, "'\(r.since)' is not a change ID; a change ID looks like UUID/SEQUENCE (e.g. 3f2504e0-4f89-41d3-9a0c-0305e82c3301/7)")
+            }
+            let offset = r.offset ?? 0
+            guard offset <= d.size else {
+                throw FilterError(.invalidArgument, "offset \(offset) is past the end of disk \(d.name) (\(d.size) bytes)")
+            }
+            let length = min(r.length ?? (d.size - offset), d.size - offset)
+            let page = try mapTrackerError { try d.tracker.changes(since: since, in: ByteRange(offset: offset, length: length)) }
+            return P.encode(P.QueryChangesReply(
+                disk: d.name, since: r.since,
+                extents: page.extents.map { P.Extent(offset: $0.range.offset, length: $0.range.length, zero: $0.readsAsZero) },
+                processedOffset: page.processed.offset, processedLength: page.processed.length, size: d.size))
+        case .release:
+            let r = try P.decode(P.ReleaseRequest.self, payload, request: request)
+            let d = try disk(named: r.disk)
+            try mapTrackerError { try d.release(commit: r.commit) }
+            logger.info("disk \(d.name): checkpoint released (\(r.commit ? "commit" : "abort"))")
+            return P.encode(d.status())
+        case .reset:
+            let r = try P.decode(P.ResetRequest.self, payload, request: request)
+            let d = try disk(named: r.disk)
+            try mapTrackerError { try d.tracker.reset(reason: r.reason ?? "reset requested through the control endpoint") }
+            logger.notice("disk \(d.name): tracking reset, new generation")
+            return P.encode(d.status())
+        }
+    }
+
+    /// Tracker errors keep their meaning on the wire (a full read is required, ...).
+    private func mapTrackerError<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let e as TrackerError {
+            throw FilterError(FilterService.filterCode(for: e), e.message)
+        }
+    }
+
+    static func filterCode(for error: TrackerError) -> FilterError.Code {
+        switch error.code {
+        case .fullReadRequired: return .fullReadRequired
+        case .invalidArgument: return .invalidArgument
+        case .checkpointOpen: return .checkpointOpen
+        case .noCheckpoint: return .noCheckpoint
+        default: return .io
+        }
+    }
+}

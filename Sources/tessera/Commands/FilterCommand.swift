@@ -1,0 +1,153 @@
+import ArgumentParser
+import Filter
+import Foundation
+
+struct FilterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "filter",
+        abstract: "The write-path filter: serve disks over NBD while tracking changed blocks, and drive it.",
+        subcommands: [FilterServe.self, FilterStatus.self, FilterCheckpoint.self, FilterChanges.self,
+                      FilterRelease.self, FilterReset.self, FilterAttach.self, FilterDetach.self]
+    )
+}
+
+/// The options every control subcommand shares.
+struct ControlOptions: ParsableArguments {
+    @Option(name: .long, help: "The filter's control socket (as given to `tessera filter serve --control`).")
+    var control: String
+
+    @Flag(name: .long, help: "Print JSON instead of text.")
+    var json = false
+}
+
+/// Runs a control request, turning a filter error into a message and exit code 1.
+func withControl<T>(_ options: ControlOptions, _ body: (ControlClient) throws -> T) throws -> T {
+    do {
+        let client = try ControlClient(path: options.control)
+        return try body(client)
+    } catch let e as FilterError {
+        Output.error(e.message)
+        throw ExitCode(e.code == .unreachable ? 2 : 1)
+    }
+}
+
+func printStatus(_ s: DiskStatus) {
+    print("disk \(s.name)")
+    print("  path         \(s.path)")
+    if s.files != [s.path] { print("  files        \(s.files.joined(separator: ", "))") }
+    print("  size         \(s.size) bytes (\(Output.bytes(s.size)))")
+    print("  granularity  \(Output.bytes(s.granularity))")
+    print("  generation   \(s.generation)")
+    print("  change ID    \(s.changeID)")
+    if let c = s.lastCommitted { print("  committed    \(c)") }
+    if let c = s.checkpoint {
+        print("  checkpoint   \(c.changeID), open for \(Output.duration(c.ageSeconds))\(s.merging ? ", releasing" : "")")
+        print("  overlay      \(s.overlayBlocks) blocks, \(Output.bytes(s.overlayBytes))")
+    } else {
+        print("  checkpoint   none")
+    }
+    for note in s.notes { print("  note         \(note)") }
+}
+
+struct FilterStatus: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Show each disk's tracking state and open checkpoint.")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "Only this disk.") var disk: String?
+
+    func run() throws {
+        let list = try withControl(options) { try $0.status(disk: disk) }
+        if options.json { Output.json(list); return }
+        if list.isEmpty { print("no disks attached") }
+        for s in list { printStatus(s) }
+    }
+}
+
+struct FilterCheckpoint: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Close the disk's epoch and freeze its flat file; new writes go to an overlay until release.")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk.") var disk: String
+
+    func run() throws {
+        let r = try withControl(options) { try $0.checkpoint(disk: disk) }
+        if options.json { Output.json(r); return }
+        print("checkpoint \(r.changeID) on disk \(r.disk)")
+        if let p = r.previous { print("previous   \(p)") }
+        print("frozen     \(r.files.joined(separator: ", "))")
+        print("read it, then: tessera filter release --control \(options.control) --disk \(disk) [--abort]")
+    }
+}
+
+struct FilterChanges: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "changes",
+        abstract: "List the byte ranges changed since a change ID (up to the open checkpoint).")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk.") var disk: String
+    @Option(help: "A change ID (UUID/SEQUENCE) from an earlier checkpoint.") var since: String
+
+    func run() throws {
+        let extents = try withControl(options) { try $0.allChanges(disk: disk, since: since) }
+        if options.json { Output.json(extents); return }
+        var total: UInt64 = 0
+        for e in extents {
+            print("\(e.offset)\t\(e.length)\t\(e.zero ? "zero" : "data")")
+            total += e.length
+        }
+        print("\(extents.count) extents, \(total) bytes (\(Output.bytes(total))) changed since \(since)")
+    }
+}
+
+struct FilterRelease: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "release",
+        abstract: "Merge the overlay back and close the checkpoint (commit, or --abort after a failed backup: no change is lost either way).")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk.") var disk: String
+    @Flag(help: "The backup failed or was abandoned.") var abort = false
+
+    func run() throws {
+        let s = try withControl(options) { try $0.release(disk: disk, commit: !abort) }
+        if options.json { Output.json(s); return }
+        print("released checkpoint on disk \(disk) (\(abort ? "abort" : "commit")); change ID now \(s.changeID)")
+    }
+}
+
+struct FilterReset: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reset",
+        abstract: "Start a new generation: every earlier change ID becomes unanswerable and the next backup reads everything.")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk.") var disk: String
+
+    func run() throws {
+        let s = try withControl(options) { try $0.reset(disk: disk, reason: "reset by the operator") }
+        if options.json { Output.json(s); return }
+        print("disk \(disk): new generation \(s.generation), change ID \(s.changeID)")
+    }
+}
+
+struct FilterAttach: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "attach", abstract: "Attach a disk to a running filter.")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk's name.") var disk: String
+    @Option(help: "A raw flat file or a VMDK descriptor with flat extents.") var path: String
+
+    func run() throws {
+        let s = try withControl(options) { try $0.attach(disk: disk, path: path) }
+        if options.json { Output.json(s); return }
+        printStatus(s)
+    }
+}
+
+struct FilterDetach: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "detach", abstract: "Stop serving and tracking a disk (its state is kept).")
+    @OptionGroup var options: ControlOptions
+    @Option(help: "The disk.") var disk: String
+
+    func run() throws {
+        try withControl(options) { try $0.detach(disk: disk) }
+        if !options.json { print("detached \(disk)") }
+    }
+}

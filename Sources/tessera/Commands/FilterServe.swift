@@ -1,0 +1,130 @@
+import ArgumentParser
+import ChangeTracking
+import Dispatch
+import Filter
+import Foundation
+import Logging
+import NBD
+
+struct FilterServe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve disks over NBD, marking every write before it is acknowledged.",
+        discussion: """
+            Each --disk NAME=PATH (a raw flat file or a VMDK descriptor with flat extents) is \
+            exported as NAME (live, writable) and, while a checkpoint is open, NAME@checkpoint \
+            (read-only, the disk at the checkpoint). Drive it with `tessera filter status|checkpoint|\
+            changes|release|reset` on the --control socket. SIGTERM or SIGINT: finish in-flight \
+            requests, flush, persist the tracking state, exit 0.
+            """)
+
+    @Option(name: .customLong("disk"), help: "NAME=PATH of a disk to serve (repeatable).")
+    var disks: [String]
+    @Option(help: "The NBD Unix socket to listen on.") var socket: String
+    @Option(help: "The control endpoint's Unix socket (created with mode 0600).") var control: String
+    @Option(help: "Where tracking state, activity logs and overlays live.") var stateDir: String
+    @Option(help: "Tracking granularity: a power of two from 4K to 16M.") var granularity: ByteCount = ByteCount(bytes: 65536)
+    @Option(help: "Also listen on TCP at HOST:PORT (use a loopback address).") var tcp: String?
+    @Option(help: "Activity log extent size (a power of two, at least the granularity).") var activityLogExtent: ByteCount = ByteCount(bytes: 4 << 20)
+    @Option(help: "Activity log slots.") var activityLogSlots: Int = 1024
+    @Option(help: "Seconds between periodic writes of the tracking state.") var persistInterval: Int = 30
+
+    func validate() throws {
+        if disks.isEmpty { throw ValidationError("give at least one --disk NAME=PATH") }
+        for d in disks where !d.contains("=") { throw ValidationError("--disk takes NAME=PATH, not '\(d)'") }
+        if let tcp, tcp.split(separator: ":").count != 2 { throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "tessera.filter")
+        logger.logLevel = .info
+        var configuration = TrackerConfiguration()
+        configuration.granularity = granularity.bytes
+        configuration.activityLogExtentSize = activityLogExtent.bytes
+        configuration.activityLogSlots = activityLogSlots
+        let service: FilterService
+        do {
+            service = try FilterService(stateDirectory: stateDir, configuration: configuration, logger: logger)
+            for d in disks {
+                let parts = d.split(separator: "=", maxSplits: 1).map(String.init)
+                try service.attach(name: parts[0], path: parts[1])
+            }
+        } catch {
+            Output.error("\(error)")
+            throw ExitCode.failure
+        }
+        let server = NBDServer(provider: FilterExportProvider(service: service), logger: logger)
+        let controlServer = ControlServer(path: control, logger: logger) { try service.handle($0, $1) }
+        do {
+            try await server.start(unixSocket: socket)
+            if let tcp {
+                let parts = tcp.split(separator: ":")
+                _ = try await server.start(host: String(parts[0]), port: Int(parts[1]) ?? 10809)
+            }
+            try controlServer.start()
+        } catch {
+            Output.error("\(error)")
+            service.closeAll()
+            throw ExitCode.failure
+        }
+        for name in service.diskNames {
+            print("serving \(name) on nbd+unix:///\(name)?socket=\(socket)")
+        }
+        print("control endpoint \(control)")
+        fflush(stdout)
+
+        // Periodic persistence bounds what the activity log must replay after a crash.
+        let interval = persistInterval
+        let persister = Task.detached {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(interval))
+                if Task.isCancelled { break }
+                service.persistAll()
+            }
+        }
+        await waitForTermination()
+        logger.info("stopping: finishing in-flight requests")
+        persister.cancel()
+        controlServer.stop()
+        try? await server.shutdown()
+        service.closeAll()
+        print("stopped cleanly")
+    }
+
+    /// Suspends until SIGTERM or SIGINT.
+    private func waitForTermination() async {
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let queue = DispatchQueue(label: "tessera.signals")
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let once = SignalOnce(continuation)
+            for sig in [SIGTERM, SIGINT] {
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+                source.setEventHandler { once.fire() }
+                source.resume()
+                once.keep(source)
+            }
+        }
+    }
+}
+
+/// Resumes a continuation once, whichever signal comes first; keeps the sources alive.
+private final class SignalOnce: @unchecked Sendable {
+    private var continuation: CheckedContinuation<Void, Never>?
+    private var sources: [any DispatchSourceSignal] = []
+    private let lock = NSLock()
+
+    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
+
+    func keep(_ source: any DispatchSourceSignal) {
+        lock.withLock { sources.append(source) }
+    }
+
+    func fire() {
+        let c = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+            defer { continuation = nil }
+            return continuation
+        }
+        c?.resume()
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import BackupRepository
+import Foundation
+
+struct InitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a repository.")
+    @OptionGroup var repository: RepositoryOptions
+    @Option(help: "Chunk size: a power of two from 4K to 4M (default 64K, the tracker's granularity).")
+    var chunkSize: ByteCount = ByteCount(bytes: 65536)
+    @Option(help: "Compression, as zstd:LEVEL (default zstd:3).")
+    var compression: String = "zstd:3"
+
+    func run() throws {
+        let parts = compression.split(separator: ":")
+        guard parts.count == 2, parts[0] == "zstd", let level = Int(parts[1]), (1...19).contains(level) else {
+            throw ValidationError("--compression takes zstd:LEVEL with LEVEL from 1 to 19, e.g. zstd:3")
+        }
+        let repo = try reportingErrors {
+            try Repository.initialize(at: repository.path, chunkSize: Int(chunkSize.bytes), compressionLevel: level)
+        }
+        print("created repository \(repo.config.id) at \(repository.path) (chunk size \(chunkSize), zstd level \(level))")
+    }
+}
+
+struct SnapshotsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "List the snapshots in a repository.")
+    @OptionGroup var repository: RepositoryOptions
+    @Option(help: "Only snapshots of this disk.") var disk: String?
+    @Flag(help: "Print JSON.") var json = false
+
+    struct Row: Codable {
+        var id: String, disk: String, time: String, size: UInt64, changeID: String?, parent: String?, source: String
+        var bytesNew: UInt64, tags: [String]
+        enum CodingKeys: String, CodingKey {
+            case id, disk, time, size, parent, source, tags
+            case changeID = "change_id", bytesNew = "bytes_new"
+        }
+    }
+
+    func run() throws {
+        let rows: [Row] = try reportingErrors(json: json) {
+            let repo = try Repository.open(at: repository.path)
+            let formatter = ISO8601DateFormatter()
+            return try repo.snapshots().filter { disk == nil || $0.diskName == disk }.map {
+                Row(id: $0.id, disk: $0.diskName, time: formatter.string(from: $0.time), size: $0.diskSize,
+                    changeID: $0.changeID, parent: $0.parent, source: $0.source.rawValue,
+                    bytesNew: $0.stats.bytesStored, tags: $0.tags)
+            }
+        }
+        if json { Output.json(rows); return }
+        print("ID        DISK          TIME                  SIZE        SOURCE      NEW         CHANGE ID")
+        for r in rows {
+            func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+            print(pad(String(r.id.prefix(8)), 10) + pad(r.disk, 14) + pad(r.time, 22) + pad(Output.bytes(r.size), 12)
+                  + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (r.changeID ?? "-"))
+        }
+        print("\(rows.count) snapshots")
+    }
+}

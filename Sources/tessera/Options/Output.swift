@@ -1,0 +1,30 @@
+import Foundation
+
+/// Printing for humans and for scripts (`--json`: one JSON object per line).
+enum Output {
+    static func json(_ value: some Encodable) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        if let data = try? encoder.encode(value), let line = String(data: data, encoding: .utf8) {
+            print(line)
+        }
+    }
+
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data("tessera: \(message)\n".utf8))
+    }
+
+    /// 1536 -> "1.5 KiB".
+    static func bytes(_ n: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+        var v = Double(n), i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        if seconds < 120 { return String(format: "%.0fs", seconds) }
+        if seconds < 7200 { return String(format: "%.0fm", seconds / 60) }
+        return String(format: "%.1fh", seconds / 3600)
+    }
+}
