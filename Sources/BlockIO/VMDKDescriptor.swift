@@ -99,6 +99,10 @@ public struct VMDKDescriptor: Sendable, Equatable {
         guard bytes.count <= sizeLimit else {
             throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is \(bytes.count) bytes, more than the \(sizeLimit)-byte limit; a descriptor is a small text file, so this one is damaged or not a descriptor")
         }
+        // qemu rewrites descriptors (a new CID after a write) padded with zero bytes to a whole
+        // sector, so trailing zeroes end the text; a zero byte followed by anything else is binary.
+        var bytes = bytes[...]
+        while bytes.last == 0 { bytes = bytes.dropLast() }
         if let zero = bytes.firstIndex(of: 0) {
             throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is not text (a zero byte at offset \(zero)); it is damaged or not a descriptor")
         }
@@ -108,6 +112,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
 
         var version: Int?, contentID: UInt32?, parentContentID: UInt32?, createType: String?
         var parentHint: String?
+        var unsupportedExtent: BlockIOError?
         var extents: [Extent] = []
         var ddb: [String: String] = [:]
         var lineNumber = 0
@@ -117,8 +122,15 @@ public struct VMDKDescriptor: Sendable, Equatable {
             let line = rawLine.trimmingWhitespace()
             if line.isEmpty || line.hasPrefix("#") { continue }
             let here = "\(source) line \(lineNumber)"
-            if let extent = try parseExtentLine(line, at: here) {
-                extents.append(extent)
+            do {
+                if let extent = try parseExtentLine(line, at: here) {
+                    extents.append(extent)
+                    continue
+                }
+            } catch let error as BlockIOError where error.code == .invalidArgument {
+                // A well-formed extent we do not read: report the createType's problem first,
+                // which names the whole disk kind, and this one only if the createType is fine.
+                unsupportedExtent = unsupportedExtent ?? error
                 continue
             }
             guard let eq = line.firstIndex(of: "=") else {
@@ -169,6 +181,7 @@ public struct VMDKDescriptor: Sendable, Equatable {
         if let parentHint {
             throw BlockIOError(.invalidArgument, "\(source): parentFileNameHint=\(quoted(parentHint)) makes this a delta disk in a snapshot chain; Tessera reads only standalone flat disks: consolidate (delete) the snapshots first")
         }
+        if let unsupportedExtent { throw unsupportedExtent }
         guard !extents.isEmpty else {
             throw BlockIOError(.corrupt, "\(source): no extent lines; a VMDK descriptor must name at least one flat extent like RW 2048 FLAT \"disk-flat.vmdk\" 0")
         }
