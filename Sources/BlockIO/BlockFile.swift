@@ -29,6 +29,8 @@ public struct BlockIOError: Error, CustomStringConvertible, Sendable {
             return BlockIOError(.permissionDenied, "\(path): permission denied while trying to \(what)", errno: errno)
         case .noSpace:
             return BlockIOError(.noSpace, "\(path): no space left on device while trying to \(what); free space and retry", errno: errno)
+        case .fileExists:
+            return BlockIOError(.invalidArgument, "\(path): already exists; remove it or choose another path", errno: errno)
         case .invalidArgument:
             return BlockIOError(.invalidArgument, "\(path): invalid argument while trying to \(what)", errno: errno)
         default:
@@ -47,15 +49,23 @@ public final class BlockFile: Sendable {
     public let descriptor: FileDescriptor
     public let isWritable: Bool
 
-    public enum Mode: Sendable { case readOnly, readWrite, createReadWrite }
+    /// How to open: `createNew` fails with `EEXIST` when the file exists (O_EXCL), so a
+    /// disk being created can never clobber one that is already there.
+    public enum Mode: Sendable { case readOnly, readWrite, createReadWrite, createNew }
 
     public init(path: String, mode: Mode) throws {
         self.path = path
         let access: FileDescriptor.AccessMode = mode == .readOnly ? .readOnly : .readWrite
-        let options: FileDescriptor.OpenOptions = mode == .createReadWrite ? [.create, .closeOnExec] : [.closeOnExec]
+        let options: FileDescriptor.OpenOptions
+        switch mode {
+        case .readOnly, .readWrite: options = [.closeOnExec]
+        case .createReadWrite: options = [.create, .closeOnExec]
+        case .createNew: options = [.create, .exclusiveCreate, .closeOnExec]
+        }
+        let creates = mode == .createReadWrite || mode == .createNew
         do {
             descriptor = try FileDescriptor.open(FilePath(path), access, options: options,
-                                                 permissions: mode == .createReadWrite ? [.ownerReadWrite, .groupRead] : nil)
+                                                 permissions: creates ? [.ownerReadWrite, .groupRead] : nil)
         } catch let e as Errno {
             throw BlockIOError.from(e, "open", path: path)
         }
