@@ -133,6 +133,8 @@ package struct NBDHandshake {
                 var payload = allocator.buffer(capacity: 4 + bytes.count)
                 payload.writeInteger(UInt32(bytes.count))
                 payload.writeBytes(bytes)
+                // The rest of an NBD_REP_SERVER payload is the description (nbdinfo --list shows it).
+                payload.writeString(provider.export(named: name)?.info.description ?? "")
                 out.writeImmutableBuffer(payload.withReply(option, NBDProtocol.Reply.server, allocator))
             }
             out.writeImmutableBuffer(reply(option, NBDProtocol.Reply.ack))
