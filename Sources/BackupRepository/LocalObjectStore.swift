@@ -1,0 +1,286 @@
+import BlockIO
+import Synchronization
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An `ObjectStore` over a directory on local disk or NFS.
+///
+/// Layout: `config`, `packs/xx/<id>.pack`, `index/<id>.idx`, `maps/xx/<id>.page`,
+/// `maps/xx/<id>.map`, `snapshots/<id>.snap`, `locks/<id>.lock`, `quarantine/`.
+/// Every put goes temp file → write → fsync → rename; directory fsyncs are batched.
+public final class LocalObjectStore: ObjectStore {
+    public let root: String
+    private let faultHook: (@Sendable (FaultPoint) throws -> Void)?
+    /// Directories holding names renamed since their last fsync, with the kind they hold.
+    private let pendingDirectories = Mutex<[String: ObjectKind]>([:])
+    /// Fan-out directories known to exist (saves a mkdir per put).
+    private let knownDirectories = Mutex<Set<String>>([])
+
+    /// - Parameter faultHook: called at every named step of a write; a throw there aborts
+    ///   the write as a crash or an I/O error would (tests only).
+    public init(root: String, faultHook: (@Sendable (FaultPoint) throws -> Void)? = nil) {
+        self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
+        self.faultHook = faultHook
+    }
+
+    static let topDirectories = ["packs", "index", "maps", "snapshots", "locks", "quarantine"]
+
+    /// Creates the top-level directories (initialize) and makes them durable.
+    func createLayout() throws {
+        try io("create the repository directories", object: nil) {
+            try DurableFile.makeDirectory(root)
+            for d in Self.topDirectories { try DurableFile.makeDirectory("\(root)/\(d)") }
+            try DurableFile.syncDirectory(root)
+        }
+    }
+
+    // MARK: - Paths
+
+    private func directory(for key: ObjectKey) -> String {
+        switch key.kind {
+        case .config: root
+        case .pack: "\(root)/packs/\(key.name.prefix(2))"
+        case .index: "\(root)/index"
+        case .mapPage, .diskMap: "\(root)/maps/\(key.name.prefix(2))"
+        case .snapshot: "\(root)/snapshots"
+        case .lock: "\(root)/locks"
+        }
+    }
+
+    private static func suffix(_ kind: ObjectKind) -> String {
+        switch kind {
+        case .config: ""
+        case .pack: ".pack"
+        case .index: ".idx"
+        case .mapPage: ".page"
+        case .diskMap: ".map"
+        case .snapshot: ".snap"
+        case .lock: ".lock"
+        }
+    }
+
+    /// The file that holds an object.
+    public func path(of key: ObjectKey) -> String {
+        key.kind == .config ? "\(root)/config" : "\(directory(for: key))/\(key.name)\(Self.suffix(key.kind))"
+    }
+
+    private func validate(_ key: ObjectKey) throws {
+        let ok = key.kind == .config ? key.name == "config" : isHexName(key.name) && key.name.utf8.count >= 2
+        guard ok else {
+            throw RepositoryError(.invalidArgument, "\(key.kind.noun) name \"\(key.name)\" is not a valid object name (lowercase hex)",
+                                  object: key.description)
+        }
+    }
+
+    private func hook(_ step: FaultStep, _ kind: ObjectKind, _ name: String) throws {
+        guard let faultHook else { return }
+        let point = FaultPoint(step: step, kind: kind, name: name)
+        do { try faultHook(point) } catch let e as RepositoryError { throw e } catch {
+            throw RepositoryError(.io, "injected fault at \(point): \(error)", object: "\(kind.noun) \(name)")
+        }
+    }
+
+    private func io<T>(_ what: String, object: String?, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as RepositoryError { throw e } catch let e as BlockIOError {
+            let code: RepositoryError.Code = e.code == .notFound ? .notFound : .io
+            throw RepositoryError(code, "could not \(what): \(e.message)", object: object, cause: e)
+        } catch {
+            throw RepositoryError(.io, "could not \(what): \(error)", object: object)
+        }
+    }
+
+    private func ensureDirectory(_ dir: String, kind: ObjectKind) throws {
+        if knownDirectories.withLock({ $0.contains(dir) }) { return }
+        if !DurableFile.exists(dir) {
+            try DurableFile.makeDirectory(dir)
+            // The new fan-out directory's own name lives in its parent: sync that too.
+            let parent = DurableFile.parentDirectory(of: dir)
+            pendingDirectories.withLock { $0[parent] = kind }
+        }
+        knownDirectories.withLock { _ = $0.insert(dir) }
+    }
+
+    // MARK: - ObjectStore
+
+    public func put(_ key: ObjectKey, _ bytes: [UInt8], syncNow: Bool) throws {
+        try validate(key)
+        let dir = directory(for: key)
+        let path = path(of: key)
+        try hook(.beforeWrite, key.kind, key.name)
+        try io("write \(key)", object: key.description) {
+            try ensureDirectory(dir, kind: key.kind)
+            let temp = "\(path).tmp-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+            do {
+                let file = try BlockFile(path: temp, mode: .createReadWrite)
+                try file.truncate(to: 0)
+                try file.write(bytes, at: 0)
+                try hook(.beforeFileSync, key.kind, key.name)
+                try file.sync()
+                try hook(.afterFileSync, key.kind, key.name)
+            } catch {
+                unlink(temp)
+                throw error
+            }
+            guard rename(temp, path) == 0 else {
+                let e = Errno(rawValue: errno)
+                unlink(temp)
+                throw BlockIOError(.io, "\(path): rename into place failed: \(e)", errno: e)
+            }
+            try hook(.afterRename, key.kind, key.name)
+            if syncNow {
+                try hook(.beforeDirectorySync, key.kind, dir)
+                try DurableFile.syncDirectory(dir)
+                try hook(.afterDirectorySync, key.kind, dir)
+            } else {
+                pendingDirectories.withLock { $0[dir] = key.kind }
+            }
+        }
+    }
+
+    public func syncPendingDirectories() throws {
+        let dirs = pendingDirectories.withLock { d -> [String: ObjectKind] in
+            let all = d
+            d.removeAll()
+            return all
+        }
+        // Children before parents is not needed for correctness (each fsync covers its own
+        // entries); sorting only makes the order (and the fault points) deterministic.
+        var failed: [String: ObjectKind] = [:]
+        var firstError: (any Error)?
+        for (dir, kind) in dirs.sorted(by: { $0.key > $1.key }) {
+            do {
+                try hook(.beforeDirectorySync, kind, dir)
+                try io("sync directory \(dir)", object: nil) { try DurableFile.syncDirectory(dir) }
+                try hook(.afterDirectorySync, kind, dir)
+            } catch {
+                failed[dir] = kind
+                if firstError == nil { firstError = error }
+            }
+        }
+        if let firstError {
+            // Keep the unsynced ones pending so a retry syncs them.
+            pendingDirectories.withLock { d in d.merge(failed) { a, _ in a } }
+            throw firstError
+        }
+    }
+
+    public func get(_ key: ObjectKey) throws -> [UInt8] {
+        try validate(key)
+        return try io("read \(key)", object: key.description) {
+            let file = try openExisting(key)
+            let size = try file.size()
+            return try file.read(count: Int(size), at: 0)
+        }
+    }
+
+    public func get(_ key: ObjectKey, range: ByteRange) throws -> [UInt8] {
+        try validate(key)
+        return try io("read \(key)", object: key.description) {
+            let file = try openExisting(key)
+            let size = try file.size()
+            guard range.end <= size else {
+                throw RepositoryError.damaged(key.description, "it is \(size) bytes long but bytes \(range) were expected (truncated?)")
+            }
+            return try file.read(count: Int(range.length), at: range.offset)
+        }
+    }
+
+    private func openExisting(_ key: ObjectKey) throws -> BlockFile {
+        do {
+            return try BlockFile(path: path(of: key), mode: .readOnly)
+        } catch let e as BlockIOError where e.code == .notFound {
+            throw RepositoryError(.notFound, "\(key) is missing (\(path(of: key))); run `tessera check` to see what it affects",
+                                  object: key.description, cause: e)
+        }
+    }
+
+    public func size(_ key: ObjectKey) throws -> UInt64 {
+        try validate(key)
+        return try io("stat \(key)", object: key.description) { try openExisting(key).size() }
+    }
+
+    public func exists(_ key: ObjectKey) -> Bool {
+        (try? validate(key)) != nil && DurableFile.exists(path(of: key))
+    }
+
+    public func list(_ kind: ObjectKind, prefix: String) throws -> [ObjectKey] {
+        let suffix = Self.suffix(kind)
+        func names(in dir: String) throws -> [ObjectKey] {
+            try entries(of: dir).compactMap { file in
+                guard file.hasSuffix(suffix) else { return nil }
+                let name = String(file.dropLast(suffix.count))
+                guard isHexName(name), name.hasPrefix(prefix) else { return nil }
+                return ObjectKey(kind, name)
+            }
+        }
+        switch kind {
+        case .config:
+            return DurableFile.exists("\(root)/config") ? [.config] : []
+        case .pack, .mapPage, .diskMap:
+            let top = kind == .pack ? "\(root)/packs" : "\(root)/maps"
+            var out: [ObjectKey] = []
+            for sub in try entries(of: top) where sub.utf8.count == 2 && isHexName(sub) {
+                if prefix.count >= 2 && !prefix.hasPrefix(sub) { continue }
+                if prefix.count == 1 && !sub.hasPrefix(prefix) { continue }
+                out += try names(in: "\(top)/\(sub)")
+            }
+            return out.sorted { $0.name < $1.name }
+        case .index:
+            return try names(in: "\(root)/index").sorted { $0.name < $1.name }
+        case .snapshot:
+            return try names(in: "\(root)/snapshots").sorted { $0.name < $1.name }
+        case .lock:
+            return try names(in: "\(root)/locks").sorted { $0.name < $1.name }
+        }
+    }
+
+    /// Names in a directory (a missing directory is empty).
+    private func entries(of dir: String) throws -> [String] {
+        guard let d = opendir(dir) else {
+            if errno == ENOENT { return [] }
+            throw RepositoryError(.io, "could not list \(dir): \(Errno(rawValue: errno)); check permissions")
+        }
+        defer { closedir(d) }
+        var out: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
+            }
+            if name != "." && name != ".." { out.append(name) }
+        }
+        return out
+    }
+
+    public func delete(_ key: ObjectKey) throws {
+        try validate(key)
+        let p = path(of: key)
+        if unlink(p) != 0 && errno != ENOENT {
+            throw RepositoryError(.io, "could not delete \(key) (\(p)): \(Errno(rawValue: errno))", object: key.description)
+        }
+        pendingDirectories.withLock { $0[directory(for: key)] = key.kind }
+    }
+
+    public func quarantine(_ key: ObjectKey) throws -> String {
+        try validate(key)
+        let from = path(of: key)
+        let dir = "\(root)/quarantine"
+        return try io("set \(key) aside", object: key.description) {
+            try DurableFile.makeDirectory(dir)
+            var n = 0
+            var to = "\(dir)/\(key.kind.rawValue)-\(key.name).\(n).bad"
+            while DurableFile.exists(to) {
+                n += 1
+                to = "\(dir)/\(key.kind.rawValue)-\(key.name).\(n).bad"
+            }
+            guard rename(from, to) == 0 else {
+                let e = Errno(rawValue: errno)
+                throw BlockIOError(.io, "\(from): move into \(dir) failed: \(e)", errno: e)
+            }
+            try DurableFile.syncDirectory(dir)
+            try DurableFile.syncDirectory(directory(for: key))
+            return to
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import BlockIO
+
+/// The kinds of objects a repository holds. Each kind has its own place in the store.
+public enum ObjectKind: String, Sendable, CaseIterable, Codable {
+    case config, pack, index, mapPage, diskMap, snapshot, lock
+
+    /// Words for messages: `pack 3fa0…`, `disk map 9c1e…`.
+    public var noun: String {
+        switch self {
+        case .config: "config"
+        case .pack: "pack"
+        case .index: "index file"
+        case .mapPage: "map page"
+        case .diskMap: "disk map"
+        case .snapshot: "snapshot"
+        case .lock: "lock"
+        }
+    }
+}
+
+/// One object: its kind and its name (lowercase hex for everything but `config`).
+public struct ObjectKey: Hashable, Sendable, CustomStringConvertible {
+    public var kind: ObjectKind
+    public var name: String
+
+    public init(_ kind: ObjectKind, _ name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    public static let config = ObjectKey(.config, "config")
+
+    public var description: String {
+        kind == .config ? "config" : "\(kind.noun) \(name)"
+    }
+}
+
+/// Named points inside a write, where a fault-injection hook may throw (tests).
+public enum FaultStep: String, Sendable, CaseIterable {
+    case beforeWrite, beforeFileSync, afterFileSync, afterRename, beforeDirectorySync, afterDirectorySync
+}
+
+/// Where a fault hook is being called: the step and the object (for directory syncs,
+/// the kind whose directory is synced and the directory path as `name`).
+public struct FaultPoint: Sendable, Hashable, CustomStringConvertible {
+    public var step: FaultStep
+    public var kind: ObjectKind
+    public var name: String
+
+    public init(step: FaultStep, kind: ObjectKind, name: String) {
+        self.step = step
+        self.kind = kind
+        self.name = name
+    }
+
+    public var description: String { "\(step.rawValue) \(kind.noun) \(name)" }
+}
+
+/// A narrow store of write-once objects, so the repository can sit on local disk, NFS or,
+/// later, S3.
+///
+/// Contract: `put` is atomic (a reader sees the old object, or none, or the whole new one)
+/// and the object's bytes are durable when it returns; its *name* is durable once
+/// `syncPendingDirectories` returns (or at once with `syncNow`). Listings never show
+/// partial objects.
+public protocol ObjectStore: Sendable {
+    /// Writes a whole object atomically. With `syncNow` false, the directory entry is made
+    /// durable by the next `syncPendingDirectories` (batched, once per directory).
+    func put(_ key: ObjectKey, _ bytes: [UInt8], syncNow: Bool) throws
+    /// Makes every name written with `syncNow: false` durable.
+    func syncPendingDirectories() throws
+    /// The whole object. Throws `.notFound` when it does not exist.
+    func get(_ key: ObjectKey) throws -> [UInt8]
+    /// A byte range of an object. Throws `.damaged` when the object is shorter than the range.
+    func get(_ key: ObjectKey, range: ByteRange) throws -> [UInt8]
+    /// The object's size in bytes.
+    func size(_ key: ObjectKey) throws -> UInt64
+    func exists(_ key: ObjectKey) -> Bool
+    /// Every object of a kind (optionally whose name starts with `prefix`), leftovers such
+    /// as temp files excluded.
+    func list(_ kind: ObjectKind, prefix: String) throws -> [ObjectKey]
+    func delete(_ key: ObjectKey) throws
+    /// Moves a damaged object aside (out of every listing) so a later write of the same
+    /// content can heal the repository. Returns where it went (for reports).
+    func quarantine(_ key: ObjectKey) throws -> String
+}
+
+extension ObjectStore {
+    public func list(_ kind: ObjectKind) throws -> [ObjectKey] { try list(kind, prefix: "") }
+}

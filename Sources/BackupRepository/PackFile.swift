@@ -1,0 +1,137 @@
+import Codecs
+
+/// One chunk listed in a pack's trailer (and in index files).
+public struct PackEntry: Sendable, Equatable {
+    public var id: ChunkID
+    /// Offset of the chunk's envelope in the pack.
+    public var offset: UInt64
+    /// Envelope length (header + stored payload).
+    public var length: Int
+    /// Uncompressed chunk length.
+    public var rawLength: Int
+}
+
+/// The pack format: many chunk envelopes in one file, with a trailer that lists them.
+///
+/// ```
+/// "TPAK" u32 version=1                      8-byte header
+/// envelope, envelope, …                      (ObjectEnvelope, magic "TCHK")
+/// trailer: "TPTR" u32 count
+///          count × { ID 16, offset u64, length u32, raw length u32 }   (32 bytes each)
+///          u64 XXH3-64 of the trailer bytes before it
+/// footer:  u64 trailer offset, "TPAKEND1"   (16 bytes)
+/// ```
+/// The pack's name is the XXH3-128 of the whole file, so a pack swapped for another
+/// is recognised, and the trailer makes every pack self-describing (index rebuild).
+enum PackFile {
+    static let headerSize = 8
+    static let footerSize = 16
+    static let trailerEntrySize = 32
+    static let version: UInt32 = 1
+
+    static func header() -> [UInt8] {
+        var w = ByteWriter()
+        w.ascii("TPAK")
+        w.u32(version)
+        return w.bytes
+    }
+
+    /// Appends trailer and footer to a pack body (header + envelopes). Returns the pack's ID.
+    static func seal(_ body: inout [UInt8], entries: [PackEntry]) -> PackID {
+        let trailerOffset = UInt64(body.count)
+        var w = ByteWriter(capacity: 8 + entries.count * trailerEntrySize + 8 + footerSize)
+        w.ascii("TPTR")
+        w.u32(UInt32(entries.count))
+        for e in entries {
+            w.digest(e.id)
+            w.u64(e.offset)
+            w.u32(UInt32(e.length))
+            w.u32(UInt32(e.rawLength))
+        }
+        w.u64(XXH3.hash64(w.bytes))
+        w.u64(trailerOffset)
+        w.ascii("TPAKEND1")
+        body.append(contentsOf: w.bytes)
+        return XXH3.hash128(body)
+    }
+
+    /// Reads and checks a whole pack: header, footer, trailer checksum, and (with
+    /// `verifyEnvelopes`) every envelope header and stored-bytes checksum.
+    static func parse(_ bytes: [UInt8], id: PackID, verifyEnvelopes: Bool) throws -> [PackEntry] {
+        let object = "pack \(id)"
+        guard bytes.count >= headerSize + footerSize else { throw RepositoryError.damaged(object, "only \(bytes.count) bytes long (truncated)") }
+        do {
+            var r = ByteReader(bytes)
+            guard try r.expect("TPAK") else { throw RepositoryError.damaged(object, "wrong magic (not a pack)") }
+            let v = try r.u32()
+            guard v == version else {
+                throw RepositoryError(.newerVersion, "\(object) has format version \(v); this build reads \(version): upgrade tessera", object: object)
+            }
+            var f = ByteReader(bytes, offset: bytes.count - footerSize)
+            let trailerOffset = try f.u64()
+            guard try f.expect("TPAKEND1") else { throw RepositoryError.damaged(object, "footer magic missing (truncated?)") }
+            guard trailerOffset >= UInt64(headerSize), trailerOffset <= UInt64(bytes.count - footerSize) else {
+                throw RepositoryError.damaged(object, "trailer offset \(trailerOffset) out of range")
+            }
+            let tStart = Int(trailerOffset)
+            var t = ByteReader(bytes, offset: tStart)
+            guard try t.expect("TPTR") else { throw RepositoryError.damaged(object, "trailer magic missing") }
+            let count = Int(try t.u32())
+            let checksumAt = tStart + 8 + count * trailerEntrySize
+            guard count <= bytes.count / trailerEntrySize, checksumAt + 8 == bytes.count - footerSize else {
+                throw RepositoryError.damaged(object, "trailer length does not match its entry count")
+            }
+            var entries: [PackEntry] = []
+            entries.reserveCapacity(count)
+            for _ in 0..<count {
+                let id = try t.digest()
+                let offset = try t.u64()
+                let length = Int(try t.u32())
+                let raw = Int(try t.u32())
+                guard offset >= UInt64(headerSize), offset + UInt64(length) <= trailerOffset else {
+                    throw RepositoryError.damaged(object, "trailer entry for chunk \(id) points outside the pack")
+                }
+                entries.append(PackEntry(id: id, offset: offset, length: length, rawLength: raw))
+            }
+            let stored = try t.u64()
+            let computed = bytes.withUnsafeBytes { XXH3.hash64(UnsafeRawBufferPointer(rebasing: $0[tStart..<checksumAt])) }
+            guard stored == computed else { throw RepositoryError.damaged(object, "trailer checksum mismatch") }
+            if verifyEnvelopes {
+                for e in entries {
+                    let what = "chunk \(e.id) in pack \(id)"
+                    let h = try ObjectEnvelope.parseHeader(.chunk, bytes, at: Int(e.offset), object: what)
+                    guard h.id == e.id, h.totalLength == e.length, h.rawLength == e.rawLength else {
+                        throw RepositoryError.damaged(object, "trailer and envelope disagree about chunk \(e.id)")
+                    }
+                    let start = Int(e.offset) + ObjectEnvelope.headerSize
+                    let sum = bytes.withUnsafeBytes { XXH3.hash64(UnsafeRawBufferPointer(rebasing: $0[start..<start + h.storedLength])) }
+                    guard sum == h.payloadChecksum else { throw RepositoryError.damaged(what, "stored bytes checksum mismatch") }
+                }
+                guard XXH3.hash128(bytes) == id else {
+                    throw RepositoryError.damaged(object, "the file does not hash to its name (swapped or renamed)")
+                }
+            }
+            return entries
+        } catch is ShortData {
+            throw RepositoryError.damaged(object, "truncated")
+        }
+    }
+}
+
+/// A pack being filled by a writer (in memory until sealed).
+struct PackBuilder {
+    var body: [UInt8]
+    var entries: [PackEntry] = []
+
+    init(reserve: Int) {
+        body = PackFile.header()
+        body.reserveCapacity(reserve)
+    }
+
+    var byteCount: Int { body.count }
+
+    mutating func append(envelope: [UInt8], id: ChunkID, rawLength: Int) {
+        entries.append(PackEntry(id: id, offset: UInt64(body.count), length: envelope.count, rawLength: rawLength))
+        body.append(contentsOf: envelope)
+    }
+}

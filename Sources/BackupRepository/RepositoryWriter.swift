@@ -1,0 +1,224 @@
+import Codecs
+import Synchronization
+
+/// Writes one backup: chunks into packs, then index files, then the disk map, then the
+/// snapshot record (the commit point).
+///
+/// `store` may be called from many threads at once: hashing checks and compression run
+/// outside any lock, each thread with its own zstd context from the pool; only appending
+/// the finished envelope to the open pack takes the lock. Sealed packs are written one at
+/// a time under `packWriteLock`, which also gives back-pressure.
+///
+/// Any failure closes the writer (`.writerClosed` afterwards): the packs already written
+/// are harmless garbage for prune, and a retry starts a new writer.
+public final class RepositoryWriter: Sendable {
+    let repository: Repository
+    let packTargetSize: Int
+
+    private struct State {
+        var open: PackBuilder?
+        /// Packs written (file fsynced, renamed) but not yet listed in an index file.
+        var unindexed: [(id: PackID, entries: [PackEntry])] = []
+        /// Chunks stored or being stored by this writer (for dedup before they are indexed).
+        var pending: Set<ChunkID> = []
+        var maps: Set<DiskMapID> = []
+        var failure: RepositoryError?
+        var committed = false
+    }
+
+    private let state = Mutex(State())
+    /// Serialises sealing + writing packs and flushing (see the type's comment).
+    private let packWriteLock = Mutex(())
+
+    init(repository: Repository, packTargetSize: Int) {
+        self.repository = repository
+        self.packTargetSize = packTargetSize
+    }
+
+    private var store: any ObjectStore { repository.store }
+
+    private func checkOpen() throws {
+        try state.withLock { s in
+            if let f = s.failure {
+                throw RepositoryError(.writerClosed, "this backup writer is closed (\(f.message)); start a new backup", object: f.object, cause: f)
+            }
+            if s.committed { throw RepositoryError(.writerClosed, "this backup writer already committed its snapshot; start a new writer") }
+        }
+    }
+
+    /// Runs `body`; any error closes the writer.
+    private func closingOnError<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch {
+            let e = (error as? RepositoryError) ?? RepositoryError(.io, "\(error)")
+            state.withLock { s in if s.failure == nil { s.failure = e } }
+            throw e
+        }
+    }
+
+    /// Stores a chunk unless the repository (or this writer) already has it.
+    ///
+    /// - Parameters:
+    ///   - chunk: the uncompressed bytes (at most the repository's chunk size).
+    ///   - id: XXH3-128 of `chunk`; checked, so a caller's bug cannot poison the repository.
+    /// - Returns: `.new(storedBytes:)`, `.duplicate`, or `.zero` for an all-zero chunk
+    ///   (nothing stored; its disk map entry must be nil).
+    public func store(chunk: UnsafeRawBufferPointer, id: ChunkID) throws -> StoreOutcome {
+        try checkOpen()
+        guard chunk.count <= repository.config.chunkSize, chunk.count > 0 else {
+            throw RepositoryError(.invalidArgument, "a chunk of \(chunk.count) bytes does not fit chunk size \(repository.config.chunkSize)")
+        }
+        guard XXH3.hash128(chunk) == id else {
+            throw RepositoryError(.invalidArgument, "chunk \(id) does not hash to its ID; the caller passed the wrong ID or the buffer changed",
+                                  object: "chunk \(id)")
+        }
+        if isAllZero(chunk) { return .zero }
+        if repository.contains(id) { return .duplicate }
+        let reserved = state.withLock { $0.pending.insert(id).inserted }
+        if !reserved { return .duplicate }
+        return try closingOnError {
+            let envelope = try repository.codecs.withCompressor { c in
+                try ObjectEnvelope.encode(.chunk, id: id, raw: chunk, compressor: c)
+            }
+            // Verify before trusting the write (restic #4529): decode what we are about to store.
+            var check = [UInt8](repeating: 0, count: chunk.count)
+            _ = try check.withUnsafeMutableBytes { buf in
+                try repository.codecs.withDecompressor { d in
+                    try ObjectEnvelope.decode(.chunk, envelope, expectedID: id, object: "new chunk \(id)", into: buf, decompressor: d)
+                }
+            }
+            let full = try state.withLock { s -> Bool in
+                if let f = s.failure { throw f }
+                if s.open == nil { s.open = PackBuilder(reserve: packTargetSize + envelope.count) }
+                s.open!.append(envelope: envelope, id: id, rawLength: chunk.count)
+                return s.open!.byteCount >= packTargetSize
+            }
+            if full {
+                try packWriteLock.withLock { _ in
+                    let p = state.withLock { s -> PackBuilder? in
+                        guard let o = s.open, o.byteCount >= packTargetSize else { return nil }
+                        s.open = nil
+                        return o
+                    }
+                    if let p { try writePack(p) }
+                }
+            }
+            return .new(storedBytes: envelope.count)
+        }
+    }
+
+    /// Seals and writes one pack (file durable, name pending the batched directory sync).
+    private func writePack(_ builder: PackBuilder) throws {
+        var body = builder.body
+        let id = PackFile.seal(&body, entries: builder.entries)
+        try store.put(ObjectKey(.pack, id.hex), body, syncNow: false)
+        state.withLock { $0.unindexed.append((id, builder.entries)) }
+    }
+
+    /// Writes the open pack, makes every pack name durable, then writes one index file for
+    /// the packs written since the last flush and adds them to the repository's index.
+    public func flush() throws {
+        try checkOpen()
+        try closingOnError {
+            try packWriteLock.withLock { _ in
+                let open = state.withLock { s -> PackBuilder? in
+                    defer { s.open = nil }
+                    return s.open
+                }
+                if let open, !open.entries.isEmpty { try writePack(open) }
+                // Packs must be durable before any index names them.
+                try store.syncPendingDirectories()
+                let packs = state.withLock { s in
+                    defer { s.unindexed = [] }
+                    return s.unindexed
+                }
+                guard !packs.isEmpty else { return }
+                var entries: [IndexEntry] = []
+                for p in packs {
+                    for e in p.entries {
+                        entries.append(IndexEntry(chunk: e.id, pack: p.id, offset: e.offset, length: e.length, rawLength: e.rawLength))
+                    }
+                }
+                let (name, bytes) = IndexFile.encode(entries)
+                try store.put(ObjectKey(.index, name), bytes, syncNow: true)
+                repository.addToIndex(entries, indexName: name)
+            }
+        }
+    }
+
+    /// Writes a disk map: flushes packs and index first, checks every entry names a stored
+    /// chunk, writes the pages not stored yet, then the map object.
+    /// - Returns: the map's ID, for the snapshot record.
+    public func writeDiskMap(_ map: DiskMap) throws -> DiskMapID {
+        try flush()
+        return try closingOnError {
+            guard map.chunkSize == repository.config.chunkSize else {
+                throw RepositoryError(.invalidArgument, "disk map chunk size \(map.chunkSize) differs from the repository's \(repository.config.chunkSize)")
+            }
+            for (i, id) in map.ids.enumerated() where id != .zero && !repository.contains(id) {
+                throw RepositoryError(.invalidArgument, "disk map entry \(i) names chunk \(id), which is not in the repository; store it first",
+                                      object: "chunk \(id)")
+            }
+            let pageCount = DiskMapCodec.pageCount(entries: map.count)
+            var pageIDs: [Digest128] = []
+            pageIDs.reserveCapacity(pageCount)
+            var written: Set<Digest128> = []
+            for p in 0..<pageCount {
+                let raw = DiskMapCodec.page(map, p)
+                let pageID = XXH3.hash128(raw)
+                pageIDs.append(pageID)
+                let key = ObjectKey(.mapPage, pageID.hex)
+                // Pages are content-addressed: an existing page is the same page (shared).
+                guard !written.contains(pageID), !store.exists(key) else { continue }
+                let envelope = try raw.withUnsafeBytes { r in
+                    try repository.codecs.withCompressor { c in try ObjectEnvelope.encode(.mapPage, id: pageID, raw: r, compressor: c) }
+                }
+                try store.put(key, envelope, syncNow: false)
+                written.insert(pageID)
+            }
+            try store.syncPendingDirectories()
+            let (id, bytes) = DiskMapCodec.encodeMap(map, pageIDs: pageIDs)
+            try store.put(ObjectKey(.diskMap, id.hex), bytes, syncNow: false)
+            try store.syncPendingDirectories()
+            state.withLock { _ = $0.maps.insert(id) }
+            return id
+        }
+    }
+
+    /// Writes the snapshot record: the commit point. Before it, the backup does not exist;
+    /// after it, it is complete.
+    public func commit(_ record: SnapshotRecord) throws {
+        try checkOpen()
+        try closingOnError {
+            guard isHexName(record.id) else {
+                throw RepositoryError(.invalidArgument, "snapshot ID \(record.id) must be lowercase hex (use SnapshotRecord.newID())")
+            }
+            guard record.chunkSize == repository.config.chunkSize else {
+                throw RepositoryError(.invalidArgument, "snapshot chunk size \(record.chunkSize) differs from the repository's \(repository.config.chunkSize)")
+            }
+            let known = state.withLock { $0.maps.contains(record.diskMap) }
+            if !known {
+                // A map written by an earlier writer: it must be whole and match the record.
+                let map = try repository.readDiskMap(record.diskMap)
+                guard map.diskSize == record.diskSize else {
+                    throw RepositoryError(.invalidArgument, "snapshot disk size \(record.diskSize) differs from its disk map's \(map.diskSize)")
+                }
+            }
+            let key = ObjectKey(.snapshot, record.id)
+            guard !store.exists(key) else {
+                throw RepositoryError(.alreadyExists, "snapshot \(record.id) already exists; use a new ID", object: "snapshot \(record.id)")
+            }
+            try store.put(key, JSONEnvelope.encode(record, magic: "TSNP"), syncNow: true)
+            state.withLock { $0.committed = true }
+        }
+    }
+
+    /// Gives up this backup. Packs and maps already written become garbage for prune;
+    /// nothing refers to them.
+    public func abandon() {
+        state.withLock { s in
+            s.open = nil
+            s.unindexed = []
+            if s.failure == nil { s.failure = RepositoryError(.writerClosed, "the backup was abandoned") }
+        }
+    }
+}
