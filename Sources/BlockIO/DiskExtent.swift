@@ -1,6 +1,7 @@
 /// One flat file holding a contiguous part of a virtual disk.
 public struct DiskExtent: Sendable, Hashable, CustomStringConvertible {
-    /// How a VMDK extent line lets the disk use the extent (`RW`, `RDONLY`, `NOACCESS`).
+    /// How a VMDK extent line lets the disk use the extent (`RW`, `RDONLY`, `NOACCESS`); a raw
+    /// disk's one extent is `RW`. Whether this DiskImage may write is `DiskImage.isWritable`.
     public enum Access: String, Sendable, Hashable {
         case readWrite = "RW"
         case readOnly = "RDONLY"

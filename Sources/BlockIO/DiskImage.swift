@@ -62,8 +62,7 @@ public final class DiskImage: Sendable {
     public static func openRaw(path: String, writable: Bool) throws -> DiskImage {
         let file = try BlockFile(path: path, mode: writable ? .readWrite : .readOnly)
         let size = try file.size()
-        let extent = DiskExtent(path: path, range: ByteRange(offset: 0, length: size), fileOffset: 0,
-                                access: writable ? .readWrite : .readOnly)
+        let extent = DiskExtent(path: path, range: ByteRange(offset: 0, length: size), fileOffset: 0, access: .readWrite)
         return DiskImage(path: path, format: .raw, extents: [extent], files: [file], fileIndexOfExtent: [0], writable: writable)
     }
 
@@ -158,6 +157,9 @@ public final class DiskImage: Sendable {
     }
 
     public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+        guard count >= 0 else {
+            throw BlockIOError(.invalidArgument, "\(path): cannot read \(count) bytes: a count cannot be negative")
+        }
         var out = [UInt8](repeating: 0, count: count)
         try out.withUnsafeMutableBytes { try read(into: $0, at: offset) }
         return out
