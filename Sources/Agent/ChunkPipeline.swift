@@ -118,6 +118,7 @@ struct ChunkPipeline {
                 switch try writer.store(chunk: chunk, id: id) {
                 case .new(let stored): return .stored(id, storedBytes: UInt64(stored))
                 case .duplicate: return .reused(id)
+                case .zero: return .zero
                 }
             }
             switch outcome {

@@ -1,6 +1,6 @@
 import BlockIO
 import NBD
-import Synchronization
+import Foundation
 
 /// Where a backup reads a disk's bytes from.
 public protocol DiskSource: Sendable {
@@ -38,8 +38,12 @@ public struct ImageSource: DiskSource {
 }
 
 /// An NBD export (qemu-nbd, QEMU's NBD server, or our own filter).
-public final class NBDSource: DiskSource {
-    private let client: Mutex<NBDClient>
+///
+/// One connection, used by one thread at a time (the lock): qemu-nbd serves a single client
+/// by default, and NBDClient is a blocking, one-request-at-a-time client.
+public final class NBDSource: DiskSource, @unchecked Sendable {
+    private let connection: NBDClient
+    private let lock = NSLock()
     public let size: UInt64
     public let description: String
     private let hasAllocation: Bool
@@ -51,16 +55,16 @@ public final class NBDSource: DiskSource {
         size = c.exportSize
         hasAllocation = c.negotiatedContexts.contains("base:allocation")
         description = uri
-        client = Mutex(c)
+        connection = c
     }
 
-    public var negotiatedContexts: [String] { client.withLock { $0.negotiatedContexts } }
+    public var negotiatedContexts: [String] { lock.withLock { connection.negotiatedContexts } }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         // NBD requests are limited in size; read in pieces.
         let step = 4 << 20
         var done = 0
-        try client.withLock { c in
+        try lock.withLock { let c = connection
             while done < buffer.count {
                 let n = min(step, buffer.count - done)
                 try c.read(offset: offset + UInt64(done), length: UInt32(n),
@@ -74,7 +78,7 @@ public final class NBDSource: DiskSource {
     public func status(context: String, in range: ByteRange) throws -> [(ByteRange, UInt32)] {
         var out: [(ByteRange, UInt32)] = []
         var at = range.offset
-        try client.withLock { c in
+        try lock.withLock { let c = connection
             while at < range.end {
                 let length = UInt32(min(range.end - at, 1 << 30))
                 let extents = try c.blockStatus(context: context, offset: at, length: length)

@@ -52,7 +52,7 @@ public final class ControlServer: Sendable {
 
     private func acceptLoop(_ fd: Int32) {
         while !stopped.withLock({ $0 }) {
-            let client = accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+            let client = accept(fd, nil, nil)
             if client < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 if stopped.withLock({ $0 }) { return }
@@ -60,6 +60,7 @@ public final class ControlServer: Sendable {
                 usleep(100_000)
                 continue
             }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             connections.withLock { _ = $0.insert(client) }
             let thread = Thread { [self] in
                 serve(client)

@@ -106,7 +106,7 @@ public final class FilterService: Sendable {
             logger.info("disk \(d.name): checkpoint \(info.changeID)")
             return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
                                               previous: info.previous?.description,
-                                              createdAt: info.createdAt.timeIntervalSince1970, path: d.path,
+                                              createdAt: Double(info.createdAt), path: d.path,
                                               files: d.image.extents.map(\.path), size: d.size,
                                               granularity: d.blockSize))
         case .queryChanges:

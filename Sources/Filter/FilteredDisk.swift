@@ -344,8 +344,8 @@ public final class FilteredDisk: Sendable {
         var checkpoint: CheckpointStatus?
         if let c = t.openCheckpoint {
             checkpoint = CheckpointStatus(changeID: c.changeID.description, previous: c.previous?.description,
-                                          createdAt: c.createdAt.timeIntervalSince1970,
-                                          ageSeconds: Date().timeIntervalSince(c.createdAt))
+                                          createdAt: Double(c.createdAt),
+                                          ageSeconds: Date().timeIntervalSince1970 - Double(c.createdAt))
         }
         return DiskStatus(name: name, path: path, files: files, size: size, granularity: t.granularity,
                           generation: t.generation.uuidString, changeID: t.currentChangeID.description,

@@ -71,7 +71,7 @@ struct FilterServe: AsyncParsableCommand {
             print("serving \(name) on nbd+unix:///\(name)?socket=\(socket)")
         }
         print("control endpoint \(control)")
-        fflush(stdout)
+        fflush(nil)
 
         // Periodic persistence bounds what the activity log must replay after a crash.
         let interval = persistInterval

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// A byte count written as `65536`, `64K`, `4M`, `1G` (powers of 1024).
 struct ByteCount: ExpressibleByArgument, Sendable, CustomStringConvertible {
