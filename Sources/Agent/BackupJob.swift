@@ -140,7 +140,18 @@ public final class BackupJob: Sendable {
         let checkpoint: ControlProtocol.CheckpointReply
         do {
             control = try ControlClient(path: path)
-            checkpoint = try control.checkpoint(disk: options.disk)
+            do {
+                checkpoint = try control.checkpoint(disk: options.disk)
+            } catch let e as FilterError where e.code == .checkpointOpen {
+                // A checkpoint whose backup died can never be released by it: release it
+                // (abort: nothing is lost) and take ours. One held by a live or unknown
+                // process is left alone.
+                guard let owner = try control.status(disk: options.disk).first?.checkpoint?.owner,
+                      owner.isDeadOnThisHost else { throw e }
+                log("released a checkpoint left open by a backup that died (pid \(owner.pid))")
+                _ = try control.release(disk: options.disk, commit: false)
+                checkpoint = try control.checkpoint(disk: options.disk)
+            }
         } catch let e as FilterError {
             if e.code == .checkpointOpen {
                 throw AgentError(.filter, "\(e.message). If no backup of \(options.disk) is running, an earlier one died: run `tessera filter release --control \(path) --disk \(options.disk) --abort`")

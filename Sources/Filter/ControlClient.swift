@@ -57,8 +57,8 @@ public final class ControlClient {
         _ = try call(.detach, ControlProtocol.DiskRequest(disk: disk), as: ControlProtocol.Empty.self)
     }
 
-    public func checkpoint(disk: String) throws -> ControlProtocol.CheckpointReply {
-        try call(.checkpoint, ControlProtocol.DiskRequest(disk: disk), as: ControlProtocol.CheckpointReply.self)
+    public func checkpoint(disk: String, owner: CheckpointOwner? = .current) throws -> ControlProtocol.CheckpointReply {
+        try call(.checkpoint, ControlProtocol.CheckpointRequest(disk: disk, owner: owner), as: ControlProtocol.CheckpointReply.self)
     }
 
     /// One page of changes.

@@ -90,6 +90,14 @@ public enum ControlProtocol {
         public init(disk: String) { self.disk = disk }
     }
 
+    public struct CheckpointRequest: Codable, Sendable {
+        public var disk: String
+        /// Who takes the checkpoint, so a checkpoint left by a process that died can be
+        /// recognised as stale (same host, pid gone). Optional.
+        public var owner: CheckpointOwner?
+        public init(disk: String, owner: CheckpointOwner?) { self.disk = disk; self.owner = owner }
+    }
+
     public struct AttachRequest: Codable, Sendable {
         public var disk: String
         public var path: String

@@ -100,9 +100,9 @@ public final class FilterService: Sendable {
             let list = try r.disk.map { [try disk(named: $0)] } ?? disks.withLock { $0.values.sorted { $0.name < $1.name } }
             return P.encode(P.StatusReply(protocolVersion: Int(P.version), disks: list.map { $0.status() }))
         case .checkpoint:
-            let r = try P.decode(P.DiskRequest.self, payload, request: request)
+            let r = try P.decode(P.CheckpointRequest.self, payload, request: request)
             let d = try disk(named: r.disk)
-            let info = try mapTrackerError { try d.checkpoint() }
+            let info = try mapTrackerError { try d.checkpoint(owner: r.owner) }
             logger.info("disk \(d.name): checkpoint \(info.changeID)")
             return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
                                               previous: info.previous?.description,

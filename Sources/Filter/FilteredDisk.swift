@@ -21,6 +21,9 @@ public final class FilteredDisk: Sendable {
     let io = ReadWriteLock()
     private let overlayBox: Mutex<Overlay?>
     private let releaseInProgress = Mutex(false)
+    /// Who opened the open checkpoint; kept in `checkpoint-owner.json` so it survives restarts.
+    private let owner = Mutex<CheckpointOwner?>(nil)
+    private var ownerPath: String { "\(stateDirectory)/checkpoint-owner.json" }
     /// Things the operator should know about how the disk was attached (recovered overlay,
     /// new generation and why...). Shown by STATUS.
     public let attachNotes: [String]
@@ -37,6 +40,10 @@ public final class FilteredDisk: Sendable {
         self.blockSize = tracker.status().granularity
         self.overlayBox = Mutex(overlay)
         self.attachNotes = notes
+        if overlay != nil, let bytes = try? DurableFile.read(ownerPath),
+           let saved = try? JSONDecoder().decode(CheckpointOwner.self, from: Data(bytes)) {
+            owner.withLock { $0 = saved }
+        }
     }
 
     /// The identity the tracker compares across restarts: a write that bypassed the filter
@@ -226,7 +233,7 @@ public final class FilteredDisk: Sendable {
 
     /// Closes the current epoch and redirects writes into a new overlay, atomically with
     /// respect to every write (the exclusive lock drains in-flight I/O first).
-    public func checkpoint() throws -> CheckpointInfo {
+    public func checkpoint(owner newOwner: CheckpointOwner? = nil) throws -> CheckpointInfo {
         try io.withExclusive {
             if overlay != nil {
                 throw FilterError(.checkpointOpen, "disk \(name) already has an open checkpoint; release it first (tessera filter release --disk \(name) [--abort])")
@@ -237,6 +244,10 @@ public final class FilteredDisk: Sendable {
             do {
                 let info = try tracker.checkpoint()
                 overlayBox.withLock { $0 = created }
+                owner.withLock { $0 = newOwner }
+                if let newOwner, let data = try? JSONEncoder().encode(newOwner) {
+                    try? DurableFile.write(Array(data), to: ownerPath)
+                }
                 return info
             } catch {
                 try? created.destroy()
@@ -280,6 +291,8 @@ public final class FilteredDisk: Sendable {
             if releaseTracker { try tracker.release(commit: commit) }
             try overlay.destroy()
             overlayBox.withLock { $0 = nil }
+            owner.withLock { $0 = nil }
+            unlink(ownerPath)
         }
     }
 
@@ -345,7 +358,8 @@ public final class FilteredDisk: Sendable {
         if let c = t.openCheckpoint {
             checkpoint = CheckpointStatus(changeID: c.changeID.description, previous: c.previous?.description,
                                           createdAt: Double(c.createdAt),
-                                          ageSeconds: Date().timeIntervalSince1970 - Double(c.createdAt))
+                                          ageSeconds: Date().timeIntervalSince1970 - Double(c.createdAt),
+                                          owner: owner.withLock { $0 })
         }
         return DiskStatus(name: name, path: path, files: files, size: size, granularity: t.granularity,
                           generation: t.generation.uuidString, changeID: t.currentChangeID.description,
@@ -390,4 +404,28 @@ public struct CheckpointStatus: Codable, Sendable, Equatable {
     public var previous: String?
     public var createdAt: Double
     public var ageSeconds: Double
+    public var owner: CheckpointOwner?
+}
+
+/// The process that opened a checkpoint.
+public struct CheckpointOwner: Codable, Sendable, Equatable {
+    public var host: String
+    public var pid: Int32
+
+    public init(host: String, pid: Int32) {
+        self.host = host
+        self.pid = pid
+    }
+
+    /// This process.
+    public static var current: CheckpointOwner {
+        CheckpointOwner(host: ProcessInfo.processInfo.hostName, pid: getpid())
+    }
+
+    /// True when the owner ran on this host and is gone: its checkpoint can never be
+    /// released by it. (A live pid may have been reused; that errs on the safe side.)
+    public var isDeadOnThisHost: Bool {
+        guard host == ProcessInfo.processInfo.hostName else { return false }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
 }
