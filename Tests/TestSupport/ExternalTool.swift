@@ -50,6 +50,7 @@ public struct CommandResult: Sendable {
 
 public struct CommandError: Error, CustomStringConvertible {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Runs a program to completion and captures its output.
