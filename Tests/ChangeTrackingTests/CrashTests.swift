@@ -1,0 +1,100 @@
+import BlockIO
+import ChangeTracking
+import Foundation
+import TestSupport
+import Testing
+
+/// Hard kills: `tracker-torture` marks a seeded stream and prints each completed mark; we
+/// SIGKILL it at random instants and check that reopening yields every printed mark.
+struct CrashTests {
+    // Must match Tools/tracker-torture/main.swift.
+    static let diskSize: UInt64 = (1 << 30) + 12345
+    static let configuration = TrackerConfiguration(granularity: 65536, activityLogExtentSize: 1 << 20, activityLogSlots: 16)
+
+    static var rounds: Int { ProcessInfo.processInfo.environment["TESSERA_LONG"] == "1" ? 300 : 20 }
+
+    struct Mark {
+        var range: ByteRange
+        /// Change IDs handed out before the mark started, in this round.
+        var after: [ChangeID]
+    }
+
+    @Test func hardKillsLoseNoMark() throws {
+        let dir = try TemporaryDirectory("tracker-crash")
+        let executable = BuiltProducts.executable("tracker-torture")
+        #expect(FileManager.default.isExecutableFile(atPath: executable), "build tracker-torture first (swift build --build-tests)")
+        var rng = SeededGenerator(seed: 20_240_601)
+
+        let first = try ChangeTracker.open(stateDirectory: dir.path, diskSize: Self.diskSize, identity: nil, configuration: Self.configuration)
+        let start = first.status().currentChangeID
+        try first.close(identity: nil)
+        var allMarks: [ByteRange] = []
+        var killedMidStream = 0
+
+        for round in 0..<Self.rounds {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = [dir.path, String(1000 + round)]
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            // A random instant: from during open to deep into the stream.
+            usleep(UInt32.random(in: 5_000...250_000, using: &rng))
+            kill(process.processIdentifier, SIGKILL)
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            #expect(process.terminationReason == .uncaughtSignal, "round \(round): the torture tool died on its own: status \(process.terminationStatus)")
+
+            // Only whole lines are completed operations.
+            var text = String(decoding: data, as: UTF8.self)
+            if let lastNewline = text.lastIndex(of: "\n") { text = String(text[...lastNewline]) } else { text = "" }
+            var handedOut: [ChangeID] = []
+            var marks: [Mark] = []
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: " ")
+                switch parts.first {
+                case "W", "Z":
+                    let range = ByteRange(offset: UInt64(parts[1])!, length: UInt64(parts[2])!)
+                    marks.append(Mark(range: range, after: handedOut))
+                case "C":
+                    handedOut.append(try #require(ChangeID(String(parts[1]))))
+                default: break
+                }
+            }
+            if !marks.isEmpty { killedMidStream += 1 }
+
+            let tracker = try ChangeTracker.open(stateDirectory: dir.path, diskSize: Self.diskSize, identity: nil, configuration: Self.configuration)
+            let status = tracker.status()
+            #expect(status.generation == start.generation, "round \(round): a crash must not start a new generation: \(status.openReport)")
+            #expect(!status.cleanOpen || marks.isEmpty)
+            let sinceStart = try changedBlocks(tracker, since: start)
+            for mark in marks {
+                for b in blocks(of: mark.range, granularity: Self.configuration.granularity) {
+                    #expect(sinceStart[b] != nil, "round \(round): mark \(mark.range) lost since \(start)")
+                }
+            }
+            // Every checkpoint handed out before a mark must report it.
+            var cache: [ChangeID: [Int: Bool]] = [:]
+            for mark in marks {
+                for id in mark.after {
+                    if cache[id] == nil { cache[id] = try changedBlocks(tracker, since: id) }
+                    for b in blocks(of: mark.range, granularity: Self.configuration.granularity) where cache[id]![b] == nil {
+                        Issue.record("round \(round): mark \(mark.range) missing from changes since \(id)")
+                    }
+                }
+            }
+            allMarks += marks.map(\.range)
+            // Leave it "crashed" too (no close): the next torture run opens after an unclean shutdown.
+        }
+        #expect(killedMidStream >= Self.rounds / 2, "most kills should land while marking")
+        let final = try ChangeTracker.open(stateDirectory: dir.path, diskSize: Self.diskSize, identity: nil, configuration: Self.configuration)
+        let everything = try changedBlocks(final, since: start)
+        for range in allMarks {
+            for b in blocks(of: range, granularity: Self.configuration.granularity) where everything[b] == nil {
+                Issue.record("mark \(range) lost across rounds")
+            }
+        }
+        try final.close(identity: nil)
+    }
+}
