@@ -167,6 +167,12 @@ public final class Repository: Sendable {
         index.withLock { $0.chunks.contains(id) }
     }
 
+    /// The first position in `ids` whose chunk the repository does not hold (zero digests,
+    /// the map's zero marker, are skipped), or nil when it holds them all. One lock for all.
+    func firstMissing(_ ids: [ChunkID]) -> Int? {
+        index.withLock { s in ids.indices.first { ids[$0] != .zero && !s.chunks.contains(ids[$0]) } }
+    }
+
     /// Where a chunk is stored, or nil.
     public func location(of id: ChunkID) -> ChunkLocation? {
         index.withLock { $0.chunks.location(of: id) }

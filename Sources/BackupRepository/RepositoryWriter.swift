@@ -154,9 +154,9 @@ public final class RepositoryWriter: Sendable {
             guard map.chunkSize == repository.config.chunkSize else {
                 throw RepositoryError(.invalidArgument, "disk map chunk size \(map.chunkSize) differs from the repository's \(repository.config.chunkSize)")
             }
-            for (i, id) in map.ids.enumerated() where id != .zero && !repository.contains(id) {
-                throw RepositoryError(.invalidArgument, "disk map entry \(i) names chunk \(id), which is not in the repository; store it first",
-                                      object: "chunk \(id)")
+            if let i = repository.firstMissing(map.ids) {
+                throw RepositoryError(.invalidArgument, "disk map entry \(i) names chunk \(map.ids[i]), which is not in the repository; store it first",
+                                      object: "chunk \(map.ids[i])")
             }
             let pageCount = DiskMapCodec.pageCount(entries: map.count)
             var pageIDs: [Digest128] = []
