@@ -19,6 +19,13 @@ public final class Repository: Sendable {
         var loaded: Set<String> = []
         /// Index files that failed to load, with why (a later `repair index` rebuilds them).
         var damaged: [String: RepositoryError] = [:]
+        /// Copies of chunks known to be damaged (chunk ID, pack ID): never indexed.
+        var setAside: Set<SetAsideCopy> = []
+    }
+
+    struct SetAsideCopy: Hashable {
+        var chunk: ChunkID
+        var pack: PackID
     }
 
     let index: Mutex<IndexState>
@@ -122,6 +129,7 @@ public final class Repository: Sendable {
     /// Loads index files not loaded yet (written by other processes since open).
     /// Damaged index files are skipped and listed in `damagedIndexFiles`.
     public func reloadIndex() throws {
+        let aside = try setAsideCopies()
         let names = try store.list(.index).map(\.name)
         let new = index.withLock { s in names.filter { !s.loaded.contains($0) && s.damaged[$0] == nil } }
         var loaded: [(String, [IndexEntry])] = []
@@ -137,9 +145,12 @@ public final class Repository: Sendable {
         }
         let total = loaded.reduce(0) { $0 + $1.1.count }
         index.withLock { s in
+            s.setAside.formUnion(aside)
             s.chunks.reserve(s.chunks.count + total)
             for (name, entries) in loaded {
-                for e in entries { s.chunks.insert(e.chunk, pack: e.pack, offset: e.offset, length: e.length) }
+                for e in entries where !s.setAside.contains(SetAsideCopy(chunk: e.chunk, pack: e.pack)) {
+                    s.chunks.insert(e.chunk, pack: e.pack, offset: e.offset, length: e.length)
+                }
                 s.loaded.insert(name)
             }
             for (name, e) in failed { s.damaged[name] = e }
@@ -160,6 +171,49 @@ public final class Repository: Sendable {
             for e in entries { s.chunks.insert(e.chunk, pack: e.pack, offset: e.offset, length: e.length) }
             s.loaded.insert(indexName)
         }
+    }
+
+    private func setAsideCopies() throws -> Set<SetAsideCopy> {
+        Set(try store.list(.setAside).compactMap { key in
+            guard key.name.utf8.count == 64, let c = Digest128(hex: key.name.prefix(32)), let p = Digest128(hex: key.name.suffix(32)) else {
+                return nil
+            }
+            return SetAsideCopy(chunk: c, pack: p)
+        })
+    }
+
+    /// Sets the indexed copy of a damaged chunk aside: the index stops using it, so
+    /// `contains` turns false and the next backup that meets the chunk stores it again,
+    /// which heals every snapshot that needs it (PBS's `.bad` rename, borg's heal).
+    /// The pack itself is left alone: its other chunks may be fine.
+    /// - Returns: the pack whose copy was set aside.
+    @discardableResult
+    public func setChunkAside(_ id: ChunkID, reason: String) throws -> PackID {
+        guard let loc = location(of: id) else {
+            throw RepositoryError(.notFound, "chunk \(id) is not in the index; nothing to set aside", object: "chunk \(id)")
+        }
+        struct Note: Codable { var chunk: String, pack: String, offset: UInt64, reason: String, time: Date }
+        let note = Note(chunk: id.hex, pack: loc.pack.hex, offset: loc.offset, reason: reason, time: Date())
+        try store.put(ObjectKey(.setAside, id.hex + loc.pack.hex), Array(JSONEnvelope.encoder().encode(note)), syncNow: true)
+        // Rebuild the in-memory index without that copy (the table has no delete: this is rare).
+        index.withLock { s in
+            s.chunks = ChunkIndex()
+            s.loaded = []
+            s.damaged = [:]
+        }
+        try reloadIndex()
+        return loc.pack
+    }
+
+    /// Writes an index file for chunks already in durable packs (`repair index` rebuilds
+    /// lost or damaged index files from `verifyPack` results) and loads it.
+    /// - Returns: the index file's name.
+    @discardableResult
+    public func writeIndexFile(_ entries: [IndexEntry]) throws -> String {
+        let (name, bytes) = IndexFile.encode(entries)
+        try store.put(ObjectKey(.index, name), bytes, syncNow: true)
+        try reloadIndex()
+        return name
     }
 
     /// Whether the repository holds a chunk (durably: its pack and index are written). O(1).

@@ -100,6 +100,9 @@ public final class RepositoryWriter: Sendable {
                         return o
                     }
                     if let p { try writePack(p) }
+                    // Index every so often during a long backup, so a backup killed midway
+                    // still leaves its chunks findable (the next backup reuses them).
+                    if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
                 }
             }
             return .new(storedBytes: envelope.count)
@@ -125,24 +128,33 @@ public final class RepositoryWriter: Sendable {
                     return s.open
                 }
                 if let open, !open.entries.isEmpty { try writePack(open) }
-                // Packs must be durable before any index names them.
-                try store.syncPendingDirectories()
-                let packs = state.withLock { s in
-                    defer { s.unindexed = [] }
-                    return s.unindexed
-                }
-                guard !packs.isEmpty else { return }
-                var entries: [IndexEntry] = []
-                for p in packs {
-                    for e in p.entries {
-                        entries.append(IndexEntry(chunk: e.id, pack: p.id, offset: e.offset, length: e.length, rawLength: e.rawLength))
-                    }
-                }
-                let (name, bytes) = IndexFile.encode(entries)
-                try store.put(ObjectKey(.index, name), bytes, syncNow: true)
-                repository.addToIndex(entries, indexName: name)
+                try indexWrittenPacks()
             }
         }
+    }
+
+    /// Index files are written after this many packs (and at every flush).
+    static let packsPerIndex = 32
+
+    /// Makes the written packs' names durable, then lists them in a new index file and
+    /// adds them to the repository's index. Caller holds `packWriteLock`.
+    private func indexWrittenPacks() throws {
+        // Packs must be durable before any index names them.
+        try store.syncPendingDirectories()
+        let packs = state.withLock { s in
+            defer { s.unindexed = [] }
+            return s.unindexed
+        }
+        guard !packs.isEmpty else { return }
+        var entries: [IndexEntry] = []
+        for p in packs {
+            for e in p.entries {
+                entries.append(IndexEntry(chunk: e.id, pack: p.id, offset: e.offset, length: e.length, rawLength: e.rawLength))
+            }
+        }
+        let (name, bytes) = IndexFile.encode(entries)
+        try store.put(ObjectKey(.index, name), bytes, syncNow: true)
+        repository.addToIndex(entries, indexName: name)
     }
 
     /// Writes a disk map: flushes packs and index first, checks every entry names a stored
