@@ -384,7 +384,8 @@ public final class Repository: Sendable {
     /// A writer for one backup. Many threads may store chunks through it at once.
     /// - Parameter packTargetSize: seal a pack once it reaches this many bytes (default 16 MiB).
     public func makeWriter(packTargetSize: Int = 16 << 20) throws -> RepositoryWriter {
-        RepositoryWriter(repository: self, packTargetSize: max(packTargetSize, 1))
+        // Capped at 1 GiB: the in-memory index keeps offsets in 32 bits.
+        RepositoryWriter(repository: self, packTargetSize: min(max(packTargetSize, 1), 1 << 30))
     }
 
     /// Every lock file, stale or not (unreadable lock files are skipped).
