@@ -358,6 +358,19 @@ public final class Repository: Sendable {
         try snapshotIDs().map { try readSnapshot(id: $0) }.sorted { ($0.time, $0.id) < ($1.time, $1.id) }
     }
 
+    /// Every readable snapshot sorted by time, plus the errors of the damaged ones (each
+    /// naming its snapshot): for listings and check, which must go on past one bad record.
+    public func readAllSnapshots() throws -> (records: [SnapshotRecord], damaged: [RepositoryError]) {
+        var records: [SnapshotRecord] = []
+        var damaged: [RepositoryError] = []
+        for id in try snapshotIDs() {
+            do { records.append(try readSnapshot(id: id)) } catch let e as RepositoryError where e.code != .io {
+                damaged.append(e)
+            }
+        }
+        return (records.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
+    }
+
     /// The snapshot whose ID is `prefixOrID` or starts with it.
     /// - Throws: `.notFound` when none matches, `.ambiguous` when several do.
     public func snapshot(matching prefixOrID: String) throws -> SnapshotRecord {

@@ -73,6 +73,10 @@ struct DamageTests {
         expectNamed("snapshot \(s.first.id)") { _ = try Repository.open(at: s.path).readSnapshot(id: s.first.id) }
         if how != .missing {
             expectNamed("snapshot \(s.first.id)") { _ = try Repository.open(at: s.path).snapshots() }
+            // A listing that goes on past the damaged record still shows the good one.
+            let (records, damaged) = try Repository.open(at: s.path).readAllSnapshots()
+            #expect(damaged.map(\.object) == ["snapshot \(s.first.id)"] + (how == .swap ? ["snapshot \(s.second.id)"] : []))
+            #expect(records.map(\.id) == (how == .swap ? [] : [s.second.id]))
         }
     }
 
