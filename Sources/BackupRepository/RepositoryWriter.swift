@@ -1,4 +1,5 @@
 import Codecs
+import Dispatch
 import Synchronization
 
 /// Writes one backup: chunks into packs, then index files, then the disk map, then the
@@ -173,20 +174,17 @@ public final class RepositoryWriter: Sendable {
             let pageCount = DiskMapCodec.pageCount(entries: map.count)
             var pageIDs: [Digest128] = []
             pageIDs.reserveCapacity(pageCount)
-            var written: Set<Digest128> = []
+            var toWrite: [(page: Int, id: Digest128)] = []
+            var seen: Set<Digest128> = []
             for p in 0..<pageCount {
-                let raw = DiskMapCodec.page(map, p)
-                let pageID = XXH3.hash128(raw)
+                let pageID = XXH3.hash128(DiskMapCodec.page(map, p))
                 pageIDs.append(pageID)
-                let key = ObjectKey(.mapPage, pageID.hex)
                 // Pages are content-addressed: an existing page is the same page (shared).
-                guard !written.contains(pageID), !store.exists(key) else { continue }
-                let envelope = try raw.withUnsafeBytes { r in
-                    try repository.codecs.withCompressor { c in try ObjectEnvelope.encode(.mapPage, id: pageID, raw: r, compressor: c) }
+                if seen.insert(pageID).inserted && !store.exists(ObjectKey(.mapPage, pageID.hex)) {
+                    toWrite.append((p, pageID))
                 }
-                try store.put(key, envelope, syncNow: false)
-                written.insert(pageID)
             }
+            try writePages(toWrite, of: map)
             try store.syncPendingDirectories()
             let (id, bytes) = DiskMapCodec.encodeMap(map, pageIDs: pageIDs)
             try store.put(ObjectKey(.diskMap, id.hex), bytes, syncNow: false)
@@ -194,6 +192,32 @@ public final class RepositoryWriter: Sendable {
             state.withLock { _ = $0.maps.insert(id) }
             return id
         }
+    }
+
+    /// Writes map pages. A first full map of a large disk has thousands of pages, each a
+    /// file with its own fsync, so several are written at once to overlap fsync latency.
+    private func writePages(_ pages: [(page: Int, id: Digest128)], of map: DiskMap) throws {
+        let workers = pages.count > 8 ? 4 : 1
+        let firstError = Mutex<(any Error)?>(nil)
+        let work: @Sendable (Int) -> Void = { w in
+            for k in stride(from: w, to: pages.count, by: workers) {
+                if firstError.withLock({ $0 != nil }) { return }
+                do {
+                    let raw = DiskMapCodec.page(map, pages[k].page)
+                    let envelope = try raw.withUnsafeBytes { r in
+                        try self.repository.codecs.withCompressor { c in
+                            try ObjectEnvelope.encode(.mapPage, id: pages[k].id, raw: r, compressor: c)
+                        }
+                    }
+                    try self.store.put(ObjectKey(.mapPage, pages[k].id.hex), envelope, syncNow: false)
+                } catch {
+                    firstError.withLock { if $0 == nil { $0 = error } }
+                    return
+                }
+            }
+        }
+        if workers == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: work) }
+        if let e = firstError.withLock({ $0 }) { throw e }
     }
 
     /// Writes the snapshot record: the commit point. Before it, the backup does not exist;
