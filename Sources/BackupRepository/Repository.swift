@@ -84,39 +84,39 @@ public final class Repository: Sendable {
     }
 
     /// Opens a repository in any object store.
-    public static func open(store: any ObjectStore, describedAs where_: String = "the object store") throws -> Repository {
+    public static func open(store: any ObjectStore, describedAs label: String = "the object store") throws -> Repository {
         let bytes: [UInt8]
         do { bytes = try store.get(.config) } catch let e as RepositoryError where e.code == .notFound {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (it has no config file); check the path or create one with `tessera init`",
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (it has no config file); check the path or create one with `tessera init`",
                                   object: "config")
         }
         let config: RepositoryConfig
         do {
             config = try JSONEnvelope.decode(RepositoryConfig.self, bytes, magic: "TCFG")
         } catch .wrongMagic {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (its config file is something else); check the path",
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (its config file is something else); check the path",
                                   object: "config")
         } catch .newerVersion(let v) {
-            throw RepositoryError(.newerVersion, "\(where_) has a config envelope version \(v), newer than this build reads; upgrade tessera",
+            throw RepositoryError(.newerVersion, "\(label) has a config envelope version \(v), newer than this build reads; upgrade tessera",
                                   object: "config")
         } catch .damaged(let why) {
-            throw RepositoryError(.damaged, "the repository config in \(where_) is damaged (\(why)); restore it from a copy of the repository (its chunks are intact but cannot be read without it)",
+            throw RepositoryError(.damaged, "the repository config in \(label) is damaged (\(why)); restore it from a copy of the repository (its chunks are intact but cannot be read without it)",
                                   object: "config")
         }
         guard config.format == RepositoryConfig.formatName else {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (config format \"\(config.format)\")", object: "config")
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (config format \"\(config.format)\")", object: "config")
         }
         guard config.version <= RepositoryConfig.currentVersion else {
-            throw RepositoryError(.newerVersion, "\(where_) uses repository format version \(config.version); this build reads up to \(RepositoryConfig.currentVersion): upgrade tessera",
+            throw RepositoryError(.newerVersion, "\(label) uses repository format version \(config.version); this build reads up to \(RepositoryConfig.currentVersion): upgrade tessera",
                                   object: "config")
         }
         let unknown = Set(config.features).subtracting(RepositoryConfig.knownFeatures)
         guard unknown.isEmpty else {
-            throw RepositoryError(.unknownFeature, "\(where_) needs features this build does not support (\(unknown.sorted().joined(separator: ", "))); upgrade tessera",
+            throw RepositoryError(.unknownFeature, "\(label) needs features this build does not support (\(unknown.sorted().joined(separator: ", "))); upgrade tessera",
                                   object: "config")
         }
         guard DiskMap.isValidChunkSize(config.chunkSize), Zstd.levelRange.contains(config.compressionLevel) else {
-            throw RepositoryError(.damaged, "the repository config in \(where_) has an invalid chunk size or compression level; restore it from a copy",
+            throw RepositoryError(.damaged, "the repository config in \(label) has an invalid chunk size or compression level; restore it from a copy",
                                   object: "config")
         }
         let repo = Repository(store: store, config: config)
