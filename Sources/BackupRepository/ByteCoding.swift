@@ -14,7 +14,10 @@ struct ByteWriter {
         s.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
     /// Digests are written big-endian (their printed order), like everywhere on disk.
-    mutating func digest(_ d: Digest128) { bytes.append(contentsOf: d.bigEndianBytes) }
+    mutating func digest(_ d: Digest128) {
+        withUnsafeBytes(of: d.high.bigEndian) { bytes.append(contentsOf: $0) }
+        withUnsafeBytes(of: d.low.bigEndian) { bytes.append(contentsOf: $0) }
+    }
     mutating func append(_ b: [UInt8]) { bytes.append(contentsOf: b) }
     mutating func append(_ b: UnsafeRawBufferPointer) { bytes.append(contentsOf: b) }
 }
@@ -59,7 +62,10 @@ struct ByteReader {
     }
     mutating func digest() throws(ShortData) -> Digest128 {
         let at = try take(16)
-        return Digest128(bigEndianBytes: bytes[at..<at + 16])
+        return bytes.withUnsafeBytes { b in
+            Digest128(high: UInt64(bigEndian: b.loadUnaligned(fromByteOffset: at, as: UInt64.self)),
+                      low: UInt64(bigEndian: b.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self)))
+        }
     }
     mutating func bytes(_ n: Int) throws(ShortData) -> ArraySlice<UInt8> {
         let at = try take(n)

@@ -1,4 +1,7 @@
 import Codecs
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A chunk's ID: XXH3-128 of its uncompressed bytes.
 public typealias ChunkID = Digest128
@@ -41,19 +44,21 @@ extension Digest128 {
 }
 
 /// True when every byte is zero (such chunks are never stored).
+/// memcmp against a zero block keeps this at memory speed even in debug builds.
 func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
-    var i = 0
-    let n = bytes.count
-    while i + 8 <= n {
-        if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
-        i += 8
+    guard let base = bytes.baseAddress else { return true }
+    return zeroBlock.withUnsafeBytes { zero in
+        var at = 0
+        while at < bytes.count {
+            let n = min(zero.count, bytes.count - at)
+            if memcmp(base + at, zero.baseAddress!, n) != 0 { return false }
+            at += n
+        }
+        return true
     }
-    while i < n {
-        if bytes[i] != 0 { return false }
-        i += 1
-    }
-    return true
 }
+
+private let zeroBlock = [UInt8](repeating: 0, count: 16384)
 
 /// Random 128-bit hex names (snapshot and lock IDs).
 func randomHexID() -> String {

@@ -8,7 +8,7 @@ import Codecs
 /// length) and a separate open-addressing slot array of UInt32 entry numbers (linear
 /// probing, load ≤ 0.5), so at 10^6 chunks it costs ~28 + 8.4 bytes per chunk.
 /// Not thread-safe: the repository guards it with a mutex.
-struct ChunkIndex: ~Copyable {
+public struct ChunkIndex: ~Copyable {
     /// Packed so the stride is 28 bytes (4-byte alignment), not 32.
     struct Entry {
         var id0: UInt32, id1: UInt32, id2: UInt32, id3: UInt32
@@ -34,7 +34,8 @@ struct ChunkIndex: ~Copyable {
 
     private var entries: UnsafeMutablePointer<Entry>
     private var entryCapacity: Int
-    private(set) var count = 0
+    /// Number of chunks held.
+    public private(set) var count = 0
     /// 0 = empty, otherwise entry number + 1.
     private var slots: UnsafeMutablePointer<UInt32>
     private var slotMask: Int
@@ -42,7 +43,8 @@ struct ChunkIndex: ~Copyable {
     private(set) var packs: [PackID] = []
     private var packNumbers: [PackID: UInt32] = [:]
 
-    init(reserve: Int = 1024) {
+    /// - Parameter reserve: entries to make room for up front (no growth until then).
+    public init(reserve: Int = 1024) {
         entryCapacity = max(reserve, 16)
         entries = .allocate(capacity: entryCapacity)
         let slotCount = Self.slotCount(for: entryCapacity)
@@ -63,13 +65,13 @@ struct ChunkIndex: ~Copyable {
     }
 
     /// Bytes held by the table (entries, slots, pack table), for the memory budget.
-    var memoryBytes: Int {
+    public var memoryBytes: Int {
         entryCapacity * MemoryLayout<Entry>.stride + (slotMask + 1) * 4 + packs.count * (16 + 40)
     }
 
     /// Grows the entry buffer to hold `total` entries without reallocating (load time:
     /// the index files say how many entries there are).
-    mutating func reserve(_ total: Int) {
+    public mutating func reserve(_ total: Int) {
         if total > entryCapacity { growEntries(to: total) }
         if 2 * total > slotMask + 1 { rehash(slotCount: Self.slotCount(for: total)) }
     }
@@ -105,9 +107,9 @@ struct ChunkIndex: ~Copyable {
         }
     }
 
-    func contains(_ id: ChunkID) -> Bool { find(id) != nil }
+    public func contains(_ id: ChunkID) -> Bool { find(id) != nil }
 
-    func location(of id: ChunkID) -> ChunkLocation? {
+    public func location(of id: ChunkID) -> ChunkLocation? {
         guard let i = find(id) else { return nil }
         let e = entries[i]
         return ChunkLocation(pack: packs[Int(e.pack)], offset: UInt64(e.offset), length: Int(e.length))
@@ -115,7 +117,7 @@ struct ChunkIndex: ~Copyable {
 
     /// Adds a chunk's location; the first location of a chunk wins (duplicates stored by
     /// concurrent writers are equally good).
-    mutating func insert(_ id: ChunkID, pack: PackID, offset: UInt64, length: Int) {
+    public mutating func insert(_ id: ChunkID, pack: PackID, offset: UInt64, length: Int) {
         guard find(id) == nil else { return }
         // Packs are far below 4 GiB, so offsets and lengths fit in 32 bits.
         guard offset <= UInt64(UInt32.max), length <= Int(UInt32.max) else { return }

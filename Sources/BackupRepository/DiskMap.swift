@@ -16,13 +16,18 @@ public struct DiskMap: Sendable, Equatable {
         size >= 4096 && size <= 4 << 20 && size & (size - 1) == 0
     }
 
+    /// ceil(diskSize / chunkSize), without overflow for any size.
+    static func chunkCount(diskSize: UInt64, chunkSize: Int) -> UInt64 {
+        diskSize / UInt64(chunkSize) + (diskSize % UInt64(chunkSize) == 0 ? 0 : 1)
+    }
+
     /// A map of an all-zero disk.
     /// - Throws: `.invalidArgument` for a chunk size that is not a power of two in 4 KiB … 4 MiB.
     public init(diskSize: UInt64, chunkSize: Int) throws {
         guard Self.isValidChunkSize(chunkSize) else {
             throw RepositoryError(.invalidArgument, "chunk size \(chunkSize) is not a power of two between 4 KiB and 4 MiB")
         }
-        let count = (diskSize + UInt64(chunkSize) - 1) / UInt64(chunkSize)
+        let count = Self.chunkCount(diskSize: diskSize, chunkSize: chunkSize)
         guard count <= UInt64(Int32.max) else {
             throw RepositoryError(.invalidArgument, "a disk of \(diskSize) bytes has too many chunks at chunk size \(chunkSize); use a larger chunk size")
         }

@@ -75,8 +75,9 @@ enum DiskMapCodec {
             guard XXH3.hash128(bytes) == id else {
                 throw RepositoryError.damaged(object, "the object does not hash to its name (swapped or renamed)")
             }
-            guard DiskMap.isValidChunkSize(h.chunkSize), h.entriesPerPage > 0,
-                  UInt64(h.entryCount) == (h.diskSize + UInt64(h.chunkSize) - 1) / UInt64(h.chunkSize),
+            guard DiskMap.isValidChunkSize(h.chunkSize), h.entriesPerPage > 0, h.entriesPerPage <= 1 << 20,
+                  h.entryCount <= Int(Int32.max),
+                  UInt64(h.entryCount) == DiskMap.chunkCount(diskSize: h.diskSize, chunkSize: h.chunkSize),
                   h.pageCount == pageCount(entries: h.entryCount, entriesPerPage: h.entriesPerPage) else {
                 throw RepositoryError.damaged(object, "header is inconsistent (disk size, chunk size, entry and page counts disagree)")
             }

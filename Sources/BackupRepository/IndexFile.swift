@@ -7,6 +7,14 @@ public struct IndexEntry: Sendable, Equatable {
     public var offset: UInt64
     public var length: Int
     public var rawLength: Int
+
+    public init(chunk: ChunkID, pack: PackID, offset: UInt64, length: Int, rawLength: Int) {
+        self.chunk = chunk
+        self.pack = pack
+        self.offset = offset
+        self.length = length
+        self.rawLength = rawLength
+    }
 }
 
 /// Index files map chunk IDs to their packs. Written only after the packs they name are

@@ -8,7 +8,8 @@ import Glibc
 /// An `ObjectStore` over a directory on local disk or NFS.
 ///
 /// Layout: `config`, `packs/xx/<id>.pack`, `index/<id>.idx`, `maps/xx/<id>.page`,
-/// `maps/xx/<id>.map`, `snapshots/<id>.snap`, `locks/<id>.lock`, `quarantine/`.
+/// `maps/xx/<id>.map`, `snapshots/<id>.snap`, `locks/<id>.lock`,
+/// `quarantine/chunks/<chunk ID><pack ID>.aside`, and `quarantine/*.bad` (objects moved aside).
 /// Every put goes temp file → write → fsync → rename; directory fsyncs are batched.
 public final class LocalObjectStore: ObjectStore {
     public let root: String
@@ -46,6 +47,7 @@ public final class LocalObjectStore: ObjectStore {
         case .mapPage, .diskMap: "\(root)/maps/\(key.name.prefix(2))"
         case .snapshot: "\(root)/snapshots"
         case .lock: "\(root)/locks"
+        case .setAside: "\(root)/quarantine/chunks"
         }
     }
 
@@ -58,6 +60,7 @@ public final class LocalObjectStore: ObjectStore {
         case .diskMap: ".map"
         case .snapshot: ".snap"
         case .lock: ".lock"
+        case .setAside: ".aside"
         }
     }
 
@@ -233,6 +236,8 @@ public final class LocalObjectStore: ObjectStore {
             return try names(in: "\(root)/snapshots").sorted { $0.name < $1.name }
         case .lock:
             return try names(in: "\(root)/locks").sorted { $0.name < $1.name }
+        case .setAside:
+            return try names(in: "\(root)/quarantine/chunks").sorted { $0.name < $1.name }
         }
     }
 

@@ -3,6 +3,9 @@ import BlockIO
 /// The kinds of objects a repository holds. Each kind has its own place in the store.
 public enum ObjectKind: String, Sendable, CaseIterable, Codable {
     case config, pack, index, mapPage, diskMap, snapshot, lock
+    /// A record that one stored copy of a chunk (chunk ID + pack ID) is damaged and must not
+    /// be used: the index ignores that copy, so the next backup stores the chunk again.
+    case setAside
 
     /// Words for messages: `pack 3fa0…`, `disk map 9c1e…`.
     public var noun: String {
@@ -14,6 +17,7 @@ public enum ObjectKind: String, Sendable, CaseIterable, Codable {
         case .diskMap: "disk map"
         case .snapshot: "snapshot"
         case .lock: "lock"
+        case .setAside: "set-aside chunk"
         }
     }
 }

@@ -88,7 +88,7 @@ enum PackFile {
                 let offset = try t.u64()
                 let length = Int(try t.u32())
                 let raw = Int(try t.u32())
-                guard offset >= UInt64(headerSize), offset + UInt64(length) <= trailerOffset else {
+                guard offset >= UInt64(headerSize), offset <= trailerOffset, UInt64(length) <= trailerOffset - offset else {
                     throw RepositoryError.damaged(object, "trailer entry for chunk \(id) points outside the pack")
                 }
                 entries.append(PackEntry(id: id, offset: offset, length: length, rawLength: raw))

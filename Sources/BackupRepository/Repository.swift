@@ -19,6 +19,13 @@ public final class Repository: Sendable {
         var loaded: Set<String> = []
         /// Index files that failed to load, with why (a later `repair index` rebuilds them).
         var damaged: [String: RepositoryError] = [:]
+        /// Copies of chunks known to be damaged (chunk ID, pack ID): never indexed.
+        var setAside: Set<SetAsideCopy> = []
+    }
+
+    struct SetAsideCopy: Hashable {
+        var chunk: ChunkID
+        var pack: PackID
     }
 
     let index: Mutex<IndexState>
@@ -77,39 +84,39 @@ public final class Repository: Sendable {
     }
 
     /// Opens a repository in any object store.
-    public static func open(store: any ObjectStore, describedAs where_: String = "the object store") throws -> Repository {
+    public static func open(store: any ObjectStore, describedAs label: String = "the object store") throws -> Repository {
         let bytes: [UInt8]
         do { bytes = try store.get(.config) } catch let e as RepositoryError where e.code == .notFound {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (it has no config file); check the path or create one with `tessera init`",
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (it has no config file); check the path or create one with `tessera init`",
                                   object: "config")
         }
         let config: RepositoryConfig
         do {
             config = try JSONEnvelope.decode(RepositoryConfig.self, bytes, magic: "TCFG")
         } catch .wrongMagic {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (its config file is something else); check the path",
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (its config file is something else); check the path",
                                   object: "config")
         } catch .newerVersion(let v) {
-            throw RepositoryError(.newerVersion, "\(where_) has a config envelope version \(v), newer than this build reads; upgrade tessera",
+            throw RepositoryError(.newerVersion, "\(label) has a config envelope version \(v), newer than this build reads; upgrade tessera",
                                   object: "config")
         } catch .damaged(let why) {
-            throw RepositoryError(.damaged, "the repository config in \(where_) is damaged (\(why)); restore it from a copy of the repository (its chunks are intact but cannot be read without it)",
+            throw RepositoryError(.damaged, "the repository config in \(label) is damaged (\(why)); restore it from a copy of the repository (its chunks are intact but cannot be read without it)",
                                   object: "config")
         }
         guard config.format == RepositoryConfig.formatName else {
-            throw RepositoryError(.notARepository, "\(where_) is not a Tessera repository (config format \"\(config.format)\")", object: "config")
+            throw RepositoryError(.notARepository, "\(label) is not a Tessera repository (config format \"\(config.format)\")", object: "config")
         }
         guard config.version <= RepositoryConfig.currentVersion else {
-            throw RepositoryError(.newerVersion, "\(where_) uses repository format version \(config.version); this build reads up to \(RepositoryConfig.currentVersion): upgrade tessera",
+            throw RepositoryError(.newerVersion, "\(label) uses repository format version \(config.version); this build reads up to \(RepositoryConfig.currentVersion): upgrade tessera",
                                   object: "config")
         }
         let unknown = Set(config.features).subtracting(RepositoryConfig.knownFeatures)
         guard unknown.isEmpty else {
-            throw RepositoryError(.unknownFeature, "\(where_) needs features this build does not support (\(unknown.sorted().joined(separator: ", "))); upgrade tessera",
+            throw RepositoryError(.unknownFeature, "\(label) needs features this build does not support (\(unknown.sorted().joined(separator: ", "))); upgrade tessera",
                                   object: "config")
         }
         guard DiskMap.isValidChunkSize(config.chunkSize), Zstd.levelRange.contains(config.compressionLevel) else {
-            throw RepositoryError(.damaged, "the repository config in \(where_) has an invalid chunk size or compression level; restore it from a copy",
+            throw RepositoryError(.damaged, "the repository config in \(label) has an invalid chunk size or compression level; restore it from a copy",
                                   object: "config")
         }
         let repo = Repository(store: store, config: config)
@@ -122,6 +129,7 @@ public final class Repository: Sendable {
     /// Loads index files not loaded yet (written by other processes since open).
     /// Damaged index files are skipped and listed in `damagedIndexFiles`.
     public func reloadIndex() throws {
+        let aside = try setAsideCopies()
         let names = try store.list(.index).map(\.name)
         let new = index.withLock { s in names.filter { !s.loaded.contains($0) && s.damaged[$0] == nil } }
         var loaded: [(String, [IndexEntry])] = []
@@ -137,9 +145,12 @@ public final class Repository: Sendable {
         }
         let total = loaded.reduce(0) { $0 + $1.1.count }
         index.withLock { s in
+            s.setAside.formUnion(aside)
             s.chunks.reserve(s.chunks.count + total)
             for (name, entries) in loaded {
-                for e in entries { s.chunks.insert(e.chunk, pack: e.pack, offset: e.offset, length: e.length) }
+                for e in entries where !s.setAside.contains(SetAsideCopy(chunk: e.chunk, pack: e.pack)) {
+                    s.chunks.insert(e.chunk, pack: e.pack, offset: e.offset, length: e.length)
+                }
                 s.loaded.insert(name)
             }
             for (name, e) in failed { s.damaged[name] = e }
@@ -162,9 +173,58 @@ public final class Repository: Sendable {
         }
     }
 
+    private func setAsideCopies() throws -> Set<SetAsideCopy> {
+        Set(try store.list(.setAside).compactMap { key in
+            guard key.name.utf8.count == 64, let c = Digest128(hex: key.name.prefix(32)), let p = Digest128(hex: key.name.suffix(32)) else {
+                return nil
+            }
+            return SetAsideCopy(chunk: c, pack: p)
+        })
+    }
+
+    /// Sets the indexed copy of a damaged chunk aside: the index stops using it, so
+    /// `contains` turns false and the next backup that meets the chunk stores it again,
+    /// which heals every snapshot that needs it (PBS's `.bad` rename, borg's heal).
+    /// The pack itself is left alone: its other chunks may be fine.
+    /// - Returns: the pack whose copy was set aside.
+    @discardableResult
+    public func setChunkAside(_ id: ChunkID, reason: String) throws -> PackID {
+        guard let loc = location(of: id) else {
+            throw RepositoryError(.notFound, "chunk \(id) is not in the index; nothing to set aside", object: "chunk \(id)")
+        }
+        struct Note: Codable { var chunk: String, pack: String, offset: UInt64, reason: String, time: Date }
+        let note = Note(chunk: id.hex, pack: loc.pack.hex, offset: loc.offset, reason: reason, time: Date())
+        try store.put(ObjectKey(.setAside, id.hex + loc.pack.hex), Array(JSONEnvelope.encoder().encode(note)), syncNow: true)
+        // Rebuild the in-memory index without that copy (the table has no delete: this is rare).
+        index.withLock { s in
+            s.chunks = ChunkIndex()
+            s.loaded = []
+            s.damaged = [:]
+        }
+        try reloadIndex()
+        return loc.pack
+    }
+
+    /// Writes an index file for chunks already in durable packs (`repair index` rebuilds
+    /// lost or damaged index files from `verifyPack` results) and loads it.
+    /// - Returns: the index file's name.
+    @discardableResult
+    public func writeIndexFile(_ entries: [IndexEntry]) throws -> String {
+        let (name, bytes) = IndexFile.encode(entries)
+        try store.put(ObjectKey(.index, name), bytes, syncNow: true)
+        try reloadIndex()
+        return name
+    }
+
     /// Whether the repository holds a chunk (durably: its pack and index are written). O(1).
     public func contains(_ id: ChunkID) -> Bool {
         index.withLock { $0.chunks.contains(id) }
+    }
+
+    /// The first position in `ids` whose chunk the repository does not hold (zero digests,
+    /// the map's zero marker, are skipped), or nil when it holds them all. One lock for all.
+    func firstMissing(_ ids: [ChunkID]) -> Int? {
+        index.withLock { s in ids.indices.first { ids[$0] != .zero && !s.chunks.contains(ids[$0]) } }
     }
 
     /// Where a chunk is stored, or nil.
@@ -298,6 +358,19 @@ public final class Repository: Sendable {
         try snapshotIDs().map { try readSnapshot(id: $0) }.sorted { ($0.time, $0.id) < ($1.time, $1.id) }
     }
 
+    /// Every readable snapshot sorted by time, plus the errors of the damaged ones (each
+    /// naming its snapshot): for listings and check, which must go on past one bad record.
+    public func readAllSnapshots() throws -> (records: [SnapshotRecord], damaged: [RepositoryError]) {
+        var records: [SnapshotRecord] = []
+        var damaged: [RepositoryError] = []
+        for id in try snapshotIDs() {
+            do { records.append(try readSnapshot(id: id)) } catch let e as RepositoryError where e.code != .io {
+                damaged.append(e)
+            }
+        }
+        return (records.sorted { ($0.time, $0.id) < ($1.time, $1.id) }, damaged)
+    }
+
     /// The snapshot whose ID is `prefixOrID` or starts with it.
     /// - Throws: `.notFound` when none matches, `.ambiguous` when several do.
     public func snapshot(matching prefixOrID: String) throws -> SnapshotRecord {
@@ -324,7 +397,8 @@ public final class Repository: Sendable {
     /// A writer for one backup. Many threads may store chunks through it at once.
     /// - Parameter packTargetSize: seal a pack once it reaches this many bytes (default 16 MiB).
     public func makeWriter(packTargetSize: Int = 16 << 20) throws -> RepositoryWriter {
-        RepositoryWriter(repository: self, packTargetSize: max(packTargetSize, 1))
+        // Capped at 1 GiB: the in-memory index keeps offsets in 32 bits.
+        RepositoryWriter(repository: self, packTargetSize: min(max(packTargetSize, 1), 1 << 30))
     }
 
     /// Every lock file, stale or not (unreadable lock files are skipped).

@@ -1,4 +1,5 @@
 import Codecs
+import Dispatch
 import Synchronization
 
 /// Writes one backup: chunks into packs, then index files, then the disk map, then the
@@ -100,6 +101,9 @@ public final class RepositoryWriter: Sendable {
                         return o
                     }
                     if let p { try writePack(p) }
+                    // Index every so often during a long backup, so a backup killed midway
+                    // still leaves its chunks findable (the next backup reuses them).
+                    if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
                 }
             }
             return .new(storedBytes: envelope.count)
@@ -125,24 +129,33 @@ public final class RepositoryWriter: Sendable {
                     return s.open
                 }
                 if let open, !open.entries.isEmpty { try writePack(open) }
-                // Packs must be durable before any index names them.
-                try store.syncPendingDirectories()
-                let packs = state.withLock { s in
-                    defer { s.unindexed = [] }
-                    return s.unindexed
-                }
-                guard !packs.isEmpty else { return }
-                var entries: [IndexEntry] = []
-                for p in packs {
-                    for e in p.entries {
-                        entries.append(IndexEntry(chunk: e.id, pack: p.id, offset: e.offset, length: e.length, rawLength: e.rawLength))
-                    }
-                }
-                let (name, bytes) = IndexFile.encode(entries)
-                try store.put(ObjectKey(.index, name), bytes, syncNow: true)
-                repository.addToIndex(entries, indexName: name)
+                try indexWrittenPacks()
             }
         }
+    }
+
+    /// Index files are written after this many packs (and at every flush).
+    static let packsPerIndex = 32
+
+    /// Makes the written packs' names durable, then lists them in a new index file and
+    /// adds them to the repository's index. Caller holds `packWriteLock`.
+    private func indexWrittenPacks() throws {
+        // Packs must be durable before any index names them.
+        try store.syncPendingDirectories()
+        let packs = state.withLock { s in
+            defer { s.unindexed = [] }
+            return s.unindexed
+        }
+        guard !packs.isEmpty else { return }
+        var entries: [IndexEntry] = []
+        for p in packs {
+            for e in p.entries {
+                entries.append(IndexEntry(chunk: e.id, pack: p.id, offset: e.offset, length: e.length, rawLength: e.rawLength))
+            }
+        }
+        let (name, bytes) = IndexFile.encode(entries)
+        try store.put(ObjectKey(.index, name), bytes, syncNow: true)
+        repository.addToIndex(entries, indexName: name)
     }
 
     /// Writes a disk map: flushes packs and index first, checks every entry names a stored
@@ -154,27 +167,24 @@ public final class RepositoryWriter: Sendable {
             guard map.chunkSize == repository.config.chunkSize else {
                 throw RepositoryError(.invalidArgument, "disk map chunk size \(map.chunkSize) differs from the repository's \(repository.config.chunkSize)")
             }
-            for (i, id) in map.ids.enumerated() where id != .zero && !repository.contains(id) {
-                throw RepositoryError(.invalidArgument, "disk map entry \(i) names chunk \(id), which is not in the repository; store it first",
-                                      object: "chunk \(id)")
+            if let i = repository.firstMissing(map.ids) {
+                throw RepositoryError(.invalidArgument, "disk map entry \(i) names chunk \(map.ids[i]), which is not in the repository; store it first",
+                                      object: "chunk \(map.ids[i])")
             }
             let pageCount = DiskMapCodec.pageCount(entries: map.count)
             var pageIDs: [Digest128] = []
             pageIDs.reserveCapacity(pageCount)
-            var written: Set<Digest128> = []
+            var toWrite: [(page: Int, id: Digest128)] = []
+            var seen: Set<Digest128> = []
             for p in 0..<pageCount {
-                let raw = DiskMapCodec.page(map, p)
-                let pageID = XXH3.hash128(raw)
+                let pageID = XXH3.hash128(DiskMapCodec.page(map, p))
                 pageIDs.append(pageID)
-                let key = ObjectKey(.mapPage, pageID.hex)
                 // Pages are content-addressed: an existing page is the same page (shared).
-                guard !written.contains(pageID), !store.exists(key) else { continue }
-                let envelope = try raw.withUnsafeBytes { r in
-                    try repository.codecs.withCompressor { c in try ObjectEnvelope.encode(.mapPage, id: pageID, raw: r, compressor: c) }
+                if seen.insert(pageID).inserted && !store.exists(ObjectKey(.mapPage, pageID.hex)) {
+                    toWrite.append((p, pageID))
                 }
-                try store.put(key, envelope, syncNow: false)
-                written.insert(pageID)
             }
+            try writePages(toWrite, of: map)
             try store.syncPendingDirectories()
             let (id, bytes) = DiskMapCodec.encodeMap(map, pageIDs: pageIDs)
             try store.put(ObjectKey(.diskMap, id.hex), bytes, syncNow: false)
@@ -182,6 +192,32 @@ public final class RepositoryWriter: Sendable {
             state.withLock { _ = $0.maps.insert(id) }
             return id
         }
+    }
+
+    /// Writes map pages. A first full map of a large disk has thousands of pages, each a
+    /// file with its own fsync, so several are written at once to overlap fsync latency.
+    private func writePages(_ pages: [(page: Int, id: Digest128)], of map: DiskMap) throws {
+        let workers = pages.count > 8 ? 4 : 1
+        let firstError = Mutex<(any Error)?>(nil)
+        let work: @Sendable (Int) -> Void = { w in
+            for k in stride(from: w, to: pages.count, by: workers) {
+                if firstError.withLock({ $0 != nil }) { return }
+                do {
+                    let raw = DiskMapCodec.page(map, pages[k].page)
+                    let envelope = try raw.withUnsafeBytes { r in
+                        try self.repository.codecs.withCompressor { c in
+                            try ObjectEnvelope.encode(.mapPage, id: pages[k].id, raw: r, compressor: c)
+                        }
+                    }
+                    try self.store.put(ObjectKey(.mapPage, pages[k].id.hex), envelope, syncNow: false)
+                } catch {
+                    firstError.withLock { if $0 == nil { $0 = error } }
+                    return
+                }
+            }
+        }
+        if workers == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: work) }
+        if let e = firstError.withLock({ $0 }) { throw e }
     }
 
     /// Writes the snapshot record: the commit point. Before it, the backup does not exist;

@@ -1,0 +1,76 @@
+@testable import BackupRepository
+import Codecs
+import Foundation
+import Testing
+import TestSupport
+
+/// The hooks the later check/repair/prune work builds on: set a damaged chunk aside so the
+/// next backup heals it, rebuild a lost index from the packs alone, list every object.
+struct HealingTests {
+    @Test func aChunkSetAsideIsStoredAgainByTheNextBackupWhichHealsOldSnapshots() throws {
+        let dir = try TemporaryDirectory("heal")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let disk = TestDisk.random(seed: 41, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
+        let old = try backup(disk, into: repo)
+        // Damage one chunk's payload inside its pack.
+        let victim = disk.chunk(5).withUnsafeBytes { XXH3.hash128($0) }
+        let loc = try #require(repo.location(of: victim))
+        let packPath = LocalObjectStore(root: dir.path).path(of: ObjectKey(.pack, loc.pack.hex))
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: packPath)))
+        bytes[Int(loc.offset) + ObjectEnvelope.headerSize + 7] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: packPath))
+        #expect((#expect(throws: RepositoryError.self) { _ = try restore(old, from: repo) })?.object == "pack \(loc.pack)")
+
+        #expect(try repo.setChunkAside(victim, reason: "test: flipped bit") == loc.pack)
+        #expect(!repo.contains(victim))
+        #expect(!(try Repository.open(at: dir.path)).contains(victim))
+        // The next backup of the same disk stores exactly that chunk again...
+        let next = try backup(disk, into: try Repository.open(at: dir.path))
+        #expect(next.stats.chunksNew == 1)
+        // ...and the old snapshot restores whole again.
+        let reopened = try Repository.open(at: dir.path)
+        #expect(try restore(old, from: reopened) == disk.bytes)
+        #expect(reopened.location(of: victim)?.pack != loc.pack)
+        #expect(try reopened.store.list(.setAside).count == 1)
+    }
+
+    @Test func lostIndexFilesAreRebuiltFromThePacksAlone() throws {
+        let dir = try TemporaryDirectory("heal")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let disk = TestDisk.random(seed: 42, size: 4096 * 64, chunkSize: 4096, zeroShare: 10)
+        let record = try backup(disk, into: repo, packTargetSize: 40 << 10)
+        let store = LocalObjectStore(root: dir.path)
+        for key in try store.list(.index) { try store.delete(key) }
+        let blind = try Repository.open(at: dir.path)
+        #expect(throws: RepositoryError.self) { _ = try restore(record, from: blind) }
+        // Every pack describes itself: walk them, write one new index.
+        var entries: [IndexEntry] = []
+        for key in try store.list(.pack) {
+            let pack = try #require(Digest128(hex: key.name))
+            entries += try blind.verifyPack(pack).map {
+                IndexEntry(chunk: $0.id, pack: pack, offset: $0.offset, length: $0.length, rawLength: $0.rawLength)
+            }
+        }
+        try blind.writeIndexFile(entries)
+        #expect(try restore(record, from: blind) == disk.bytes)
+        #expect(try restore(record, from: try Repository.open(at: dir.path)) == disk.bytes)
+    }
+
+    @Test func everyObjectIsListedAndLeftoversAreNot() throws {
+        let dir = try TemporaryDirectory("heal")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let record = try backup(TestDisk.random(seed: 43, size: 4096 * 8, chunkSize: 4096), into: repo)
+        let lock = try repo.lock(.shared)
+        // A leftover temp file from a killed writer is not an object.
+        let store = LocalObjectStore(root: dir.path)
+        let pack = try #require(try store.list(.pack).first)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: store.path(of: pack) + ".tmp-1-2"))
+        var listed: [String] = []
+        for kind in ObjectKind.allCases { listed += try store.list(kind).map { store.path(of: $0) } }
+        let onDisk = filesUnder(dir.path).map { "\(dir.path)/\($0)" }.filter { !$0.contains(".tmp-") }
+        #expect(listed.sorted() == onDisk.sorted())
+        #expect(try store.list(.snapshot).map(\.name) == [record.id])
+        #expect(try store.list(.diskMap).map(\.name) == [record.diskMap.hex])
+        try lock.release()
+    }
+}
