@@ -41,14 +41,14 @@ struct CheckpointTests {
                 try run("nbdcopy", [f.uri, live])
                 try run("nbdcopy", [f.checkpointURI, frozen])
                 let liveBytes = try fileBytes(live), frozenBytes = try fileBytes(frozen)
-                #expect(liveBytes == model.bytes, "round \(round): live export: \(firstDifference(liveBytes, model.bytes))")
-                #expect(frozenBytes == before, "round \(round): checkpoint export: \(firstDifference(frozenBytes, before))")
+                expectSame(liveBytes, model.bytes, "round \(round): live export")
+                expectSame(frozenBytes, before, "round \(round): checkpoint export")
 
                 let r = try f.cli(["release", "--disk", "d0"] + (abort ? ["--abort"] : []))
                 #expect(r.succeeded, "release failed: \(r.stderr)")
                 #expect(try f.status().checkpoint == nil)
                 let base = try fileBytes(diskPath)
-                #expect(base == model.bytes, "round \(round): base after release: \(firstDifference(base, model.bytes))")
+                expectSame(base, model.bytes, "round \(round): base after release")
 
                 // No change is lost, whichever way the checkpoint ended.
                 let changes = try f.cliChanges(since: c0)
@@ -61,6 +61,6 @@ struct CheckpointTests {
             #expect(try f.stop() == 0)
         }
         let file = try fileBytes(diskPath)
-        #expect(file == model.bytes, "the flat file after stop: \(firstDifference(file, model.bytes))")
+        expectSame(file, model.bytes, "the flat file after stop")
     }
 }

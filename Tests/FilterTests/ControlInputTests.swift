@@ -29,7 +29,9 @@ struct ControlInputTests {
         shutdown(fd, Int32(SHUT_WR))
         var replies: [RawReply] = []
         while true {
-            guard let h = try UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return replies }
+            // A close with our unread bytes still queued on the filter's side shows up here as
+            // ECONNRESET instead of an end of stream: both are "the filter closed".
+            guard let h = try? UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return replies }
             let header = ControlProtocol.Header(parsing: h)
             guard header.magic == ControlProtocol.responseMagic, header.length <= ControlProtocol.maxResponsePayload else {
                 throw HarnessFailure(description: "a reply without the response magic: \(header)")

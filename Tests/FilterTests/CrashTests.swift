@@ -113,7 +113,7 @@ struct CrashTests {
                 #expect(s.notes.contains { $0.contains("resumed a release") }, "no note about the resumed release: \(s.notes)")
             }
             let file = try fileBytes(diskPath)
-            #expect(file == model.bytes, "base after the resumed merge: \(firstDifference(file, model.bytes))")
+            expectSame(file, model.bytes, "base after the resumed merge")
             let changes = try f.cliChanges(since: c0)
             if let missed = TrackingOracleTests.covers(changes, writes) {
                 Issue.record("changes --since \(c0) after a killed merge miss \(missed)")
@@ -158,15 +158,15 @@ struct CrashTests {
             try run("nbdcopy", [f.uri, live])
             try run("nbdcopy", [f.checkpointURI, frozen])
             let liveBytes = try fileBytes(live)
-            #expect(liveBytes == model.bytes, "live export after SIGKILL: \(firstDifference(liveBytes, model.bytes))")
-            #expect(try fileBytes(frozen) == frozenModel, "the checkpoint export changed")
-            #expect(try fileBytes(diskPath) == frozenModel, "the base changed while the checkpoint was open")
+            expectSame(liveBytes, model.bytes, "live export after SIGKILL")
+            expectSame(try fileBytes(frozen), frozenModel, "the checkpoint export changed")
+            expectSame(try fileBytes(diskPath), frozenModel, "the base changed while the checkpoint was open")
 
             let r = try f.cli(["release", "--disk", "d0", "--abort"])
             #expect(r.succeeded, "release --abort after a crash failed: \(r.stderr)")
             #expect(try f.status().checkpoint == nil)
             let file = try fileBytes(diskPath)
-            #expect(file == model.bytes, "base after release --abort: \(firstDifference(file, model.bytes))")
+            expectSame(file, model.bytes, "base after release --abort")
             let changes = try f.cliChanges(since: c0)
             if let missed = TrackingOracleTests.covers(changes, writes) {
                 Issue.record("changes --since \(c0) miss \(missed)")

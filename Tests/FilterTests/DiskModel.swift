@@ -2,6 +2,7 @@ import BlockIO
 import Codecs
 import Filter
 import Foundation
+import Testing
 import TestSupport
 
 /// The test's own oracle: the bytes the disk must hold and the log of every byte range
@@ -100,4 +101,11 @@ func nbdinfoMapBlocks(uri: String, context: String, granularity: UInt64 = 65536)
 func describe(_ blocks: Set<UInt64>) -> String {
     let sorted = blocks.sorted()
     return sorted.count > 40 ? "\(sorted.prefix(40))... (\(sorted.count) blocks)" : "\(sorted)"
+}
+
+/// Compares big byte arrays without letting `#expect` render a diff of megabytes.
+func expectSame(_ actual: [UInt8], _ expected: [UInt8], _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    if actual != expected {
+        Issue.record("\(what): \(firstDifference(actual, expected))", sourceLocation: sourceLocation)
+    }
 }

@@ -43,7 +43,7 @@ final class FilterProcess: @unchecked Sendable {
         p.arguments = ["filter", "serve", "--disk", "\(diskName)=\(diskPath)", "--socket", socketPath,
                        "--control", controlPath, "--state-dir", stateDirectory] + extraArguments
         if !FileManager.default.fileExists(atPath: logPath) {
-            FileManager.default.createFile(atPath: logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         log.seekToEndOfFile()
@@ -129,8 +129,8 @@ func withFilter<T>(_ filter: FilterProcess, _ body: (FilterProcess) throws -> T)
 
 /// Runs a tool and fails with its output when it exits non-zero.
 @discardableResult
-func run(_ program: String, _ arguments: [String], input: Data? = nil) throws -> String {
-    let r = try runCommand(program, arguments, input: input)
+func run(_ program: String, _ arguments: [String], input: Data? = nil, environment: [String: String]? = nil) throws -> String {
+    let r = try runCommand(program, arguments, environment: environment, input: input)
     guard r.succeeded else {
         throw HarnessFailure(description: "\(program) \(arguments.joined(separator: " ")) exited \(r.status): \(r.stderr)\(r.stdout)")
     }

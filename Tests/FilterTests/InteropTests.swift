@@ -10,7 +10,8 @@ struct InteropTests {
     static let size: UInt64 = 8 << 20
 
     /// Seeded scattered writes of patterns (unaligned), as qemu-io commands, applied to the model.
-    static func patternWrites(_ rng: inout SeededGenerator, count: Int, size: UInt64, model: inout DiskModel) -> [String] {
+    static func patternWrites(_ rng: inout SeededGenerator, count: Int, model: inout DiskModel) -> [String] {
+        let size = model.size
         var commands: [String] = []
         for _ in 0..<count {
             let length = UInt64.random(in: 1...(200 << 10), using: &rng)
@@ -40,7 +41,7 @@ struct InteropTests {
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
         var rng = SeededGenerator(seed: 1)
         try withFilter(filter) { f in
-            let writes = Self.patternWrites(&rng, count: 40, size: Self.size, model: &model)
+            let writes = Self.patternWrites(&rng, count: 40, model: &model)
             // Also a write-zeroes and a trim, which read back as zeroes.
             let zeroes = ["write -z 1048576 200000", "discard 3145728 131072"]
             model.zero(at: 1_048_576, length: 200_000)
@@ -63,7 +64,7 @@ struct InteropTests {
             #expect(try f.stop() == 0, "SIGTERM must stop the filter cleanly: \(f.log)")
         }
         let file = try fileBytes(diskPath)
-        #expect(file == model.bytes, "the flat file differs from the model of the writes: \(firstDifference(file, model.bytes))")
+        expectSame(file, model.bytes, "the flat file differs from the model of the writes")
     }
 
     @Test(.enabled(if: ExternalTool.available("qemu-img", "nbdcopy", "nbdsh")))
@@ -80,7 +81,7 @@ struct InteropTests {
             let out1 = dir.file("out1.raw")
             try run("qemu-img", ["convert", "-f", "raw", "-O", "raw", f.uri, out1])
             let copied = try fileBytes(out1)
-            #expect(copied == sourceModel.bytes, "qemu-img convert out differs: \(firstDifference(copied, sourceModel.bytes))")
+            expectSame(copied, sourceModel.bytes, "qemu-img convert out differs")
 
             // nbdcopy in (another image) and out.
             let source2 = dir.file("source2.raw")
@@ -89,7 +90,7 @@ struct InteropTests {
             let out2 = dir.file("out2.raw")
             try run("nbdcopy", [f.uri, out2])
             let copied2 = try fileBytes(out2)
-            #expect(copied2 == model2.bytes, "nbdcopy out differs: \(firstDifference(copied2, model2.bytes))")
+            expectSame(copied2, model2.bytes, "nbdcopy out differs")
 
             // nbdsh: a write and a read back with the python binding.
             let script = """
@@ -98,14 +99,16 @@ struct InteropTests {
                 assert h.pread(8192, 65536 * 3 + 17) == b"tessera!" * 1024
                 print("ok")
                 """
-            let out = try run("nbdsh", ["-u", f.uri, "-c", script])
+            // nbdsh runs `python3` from PATH; the nbd module belongs to the system's python.
+            let path = "/usr/bin:/bin:" + (ProcessInfo.processInfo.environment["PATH"] ?? "")
+            let out = try run("nbdsh", ["-u", f.uri, "-c", script], environment: ["PATH": path])
             #expect(out.contains("ok"))
             #expect(try f.stop() == 0)
         }
         var expected = try DiskModel(bytes: fileBytes(dir.file("source2.raw")))
         expected.write(Array(String(repeating: "tessera!", count: 1024).utf8), at: 65536 * 3 + 17)
         let file = try fileBytes(diskPath)
-        #expect(file == expected.bytes, "the flat file differs: \(firstDifference(file, expected.bytes))")
+        expectSame(file, expected.bytes, "the flat file differs")
     }
 
     /// Parses `nbdinfo --list --json`: export name → its meta contexts.

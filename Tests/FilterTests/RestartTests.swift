@@ -45,7 +45,7 @@ struct RestartTests {
                     "changes --since \(id0) after a clean restart are not the written blocks")
             #expect(try f.stop() == 0)
         }
-        #expect(try fileBytes(diskPath) == model.bytes)
+        expectSame(try fileBytes(diskPath), model.bytes, "the flat file after a clean restart")
 
         // A write behind the filter's back (in place) while it is stopped. Wait a little so
         // the file system's timestamp granularity cannot hide the new mtime.

@@ -13,7 +13,8 @@ struct TrackingOracleTests {
     /// One round of seeded writes, write-zeroes and trims through qemu-io; returns its log.
     static func round(_ uri: String, _ rng: inout SeededGenerator, model: inout DiskModel, writes: Int = 24) throws -> [ByteRange] {
         let start = model.log.count
-        var commands = InteropTests.patternWrites(&rng, count: writes, size: size, model: &model)
+        let size = model.size
+        var commands = InteropTests.patternWrites(&rng, count: writes, model: &model)
         for _ in 0..<3 {
             let length = UInt64.random(in: 1...(300 << 10), using: &rng)
             let offset = UInt64.random(in: 0...(size - length), using: &rng)
@@ -78,7 +79,7 @@ struct TrackingOracleTests {
             #expect(try f.stop() == 0)
         }
         let file = try fileBytes(diskPath)
-        #expect(file == model.bytes, "the flat file differs from the model: \(firstDifference(file, model.bytes))")
+        expectSame(file, model.bytes, "the flat file differs from the model")
     }
 
     /// Every written byte lies inside a reported extent (the promise in its plain form).
