@@ -16,8 +16,8 @@ final class AckedWriter: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private(set) var failure: String?
 
-    /// Starts writing at once; `maxLength` bounds each write.
-    init(uri: String, size: UInt64, seed: UInt64, maxLength: UInt64 = 128 << 10) {
+    /// Starts writing at once into `[base, base + size)`; `maxLength` bounds each write.
+    init(uri: String, base: UInt64 = 0, size: UInt64, seed: UInt64, maxLength: UInt64 = 128 << 10) {
         Thread.detachNewThread { [self] in
             defer { done.signal() }
             var rng = SeededGenerator(seed: seed)
@@ -29,7 +29,7 @@ final class AckedWriter: @unchecked Sendable {
             defer { client.close() }
             while !lock.withLock({ stopRequested }) {
                 let length = UInt64.random(in: 1...maxLength, using: &rng)
-                let offset = UInt64.random(in: 0...(size - length), using: &rng)
+                let offset = base + UInt64.random(in: 0...(size - length), using: &rng)
                 let w = Write(offset: offset, data: rng.bytes(Int(length)))
                 lock.withLock { inFlight = w }
                 do { try client.write(offset: offset, data: w.data) } catch { return }
@@ -70,4 +70,18 @@ func compare(file: [UInt8], model: [UInt8], uncertain: ByteRange?, new: [UInt8])
         return "byte \(i) (block \(i / 65536)) is \(file[i]), the model says \(model[i])"
     }
     return nil
+}
+
+/// Reads a whole export through the project's NBD client.
+func readExport(_ uri: String) throws -> [UInt8] {
+    let client = try NBDClient.connect(try NBDURI(parsing: uri))
+    defer { client.close() }
+    var out = [UInt8](repeating: 0, count: Int(client.exportSize))
+    var at: UInt64 = 0
+    while at < client.exportSize {
+        let n = UInt32(min(UInt64(4 << 20), client.exportSize - at))
+        try out.withUnsafeMutableBytes { try client.read(offset: at, length: n, into: UnsafeMutableRawBufferPointer(rebasing: $0[Int(at)..<Int(at) + Int(n)])) }
+        at += UInt64(n)
+    }
+    return out
 }
