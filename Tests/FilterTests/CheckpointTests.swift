@@ -44,6 +44,15 @@ struct CheckpointTests {
                 expectSame(liveBytes, model.bytes, "round \(round): live export")
                 expectSame(frozenBytes, before, "round \(round): checkpoint export")
 
+                // What a backup asks while the checkpoint is open: every change since C0, and an
+                // extent flagged zero must read as zeroes in the frozen base it will read.
+                let open = try f.cliChanges(since: c0)
+                if let missed = TrackingOracleTests.covers(open, allWrites) {
+                    Issue.record("round \(round): changes --since \(c0) with the checkpoint open miss \(missed)")
+                }
+                if let bad = Self.zeroExtentWithData(open, frozenBytes) {
+                    Issue.record("round \(round): changes --since \(c0) flag \(bad) as zero, but the frozen base has data there")
+                }
                 let r = try f.cli(["release", "--disk", "d0"] + (abort ? ["--abort"] : []))
                 #expect(r.succeeded, "release failed: \(r.stderr)")
                 #expect(try f.status().checkpoint == nil)
@@ -62,5 +71,37 @@ struct CheckpointTests {
         }
         let file = try fileBytes(diskPath)
         expectSame(file, model.bytes, "the flat file after stop")
+    }
+
+    /// The first extent flagged `zero` whose bytes in `image` are not all zero.
+    static func zeroExtentWithData(_ extents: [ControlProtocol.Extent], _ image: [UInt8]) -> ControlProtocol.Extent? {
+        extents.first { e in e.zero && image[Int(e.offset)..<Int(e.offset + e.length)].contains { $0 != 0 } }
+    }
+
+    /// A block written before a checkpoint and trimmed after it: a backup of the checkpoint
+    /// must read it (the frozen base holds data there), so QUERY_CHANGES may not flag it zero.
+    @Test(.enabled(if: ExternalTool.available("qemu-io")))
+    func blocksTrimmedAfterTheCheckpointAreNotReportedAsZero() throws {
+        let dir = try TemporaryDirectory("filter-zflag")
+        let diskPath = dir.file("disk.raw")
+        _ = try makeDisk(diskPath, size: 4 << 20, seed: 33)
+        let filter = FilterProcess(directory: dir, diskPath: diskPath)
+        try withFilter(filter) { f in
+            let c0 = try f.status().changeID
+            try InteropTests.qemuIO(f.uri, ["write -P 0x11 131072 65536", "write -P 0x22 262144 100"])
+            _ = try f.client().checkpoint(disk: "d0")
+            try InteropTests.qemuIO(f.uri, ["discard 131072 65536", "write -z 262144 65536"])
+            let frozen = try readExport(f.checkpointURI)
+            let changes = try f.cliChanges(since: c0)
+            #expect(DiskModel.blocks(of: changes, granularity: 65536) == [2, 4])
+            if let bad = Self.zeroExtentWithData(changes, frozen) {
+                Issue.record("changes --since \(c0) flag \(bad) as zero, but the frozen base has data there")
+            }
+            _ = try f.client().release(disk: "d0", commit: true)
+            // After the release the live disk is what a later backup reads: zero is right now.
+            let after = try f.cliChanges(since: c0)
+            #expect(after.allSatisfy { $0.zero }, "after release the trimmed blocks read as zeroes: \(after)")
+            #expect(try f.stop() == 0)
+        }
     }
 }
