@@ -76,9 +76,13 @@ func firstDifference(_ a: [UInt8], _ b: [UInt8]) -> String {
     return "first difference at byte \(i) (block \(i / 65536)): \(a[i]) vs \(b[i])"
 }
 
-/// The set of blocks an `nbdinfo --map=CONTEXT --json` run reports with the given type bit.
-/// nbdinfo prints consecutive extents; a dirty-bitmap extent of type 1 is dirty.
+/// The set of blocks an `nbdinfo --map=CONTEXT --json` run reports dirty (type bit 1).
 func nbdinfoMapBlocks(uri: String, context: String, granularity: UInt64 = 65536) throws -> Set<UInt64> {
+    DiskModel.blocks(of: try nbdinfoMapRanges(uri: uri, context: context, type: 1), granularity: granularity)
+}
+
+/// The byte ranges an `nbdinfo --map=CONTEXT --json` run reports with any of the `type` bits.
+func nbdinfoMapRanges(uri: String, context: String, type wanted: UInt32) throws -> [ByteRange] {
     let out = try run("nbdinfo", ["--json", "--map=\(context)", uri])
     guard let list = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [[String: Any]] else {
         throw HarnessFailure(description: "nbdinfo --map printed no JSON list: \(out)")
@@ -92,9 +96,9 @@ func nbdinfoMapBlocks(uri: String, context: String, granularity: UInt64 = 65536)
         }
         guard offset == expectedOffset else { throw HarnessFailure(description: "nbdinfo --map extents are not consecutive at \(offset)") }
         expectedOffset = offset + length
-        if type & 1 != 0 { ranges.append(ByteRange(offset: offset, length: length)) }
+        if type & wanted != 0 { ranges.append(ByteRange(offset: offset, length: length)) }
     }
-    return DiskModel.blocks(of: ranges, granularity: granularity)
+    return ranges
 }
 
 /// Renders a block set compactly for failure messages.

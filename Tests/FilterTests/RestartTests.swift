@@ -111,4 +111,40 @@ struct RestartTests {
             #expect(try f.stop() == 0)
         }
     }
+
+    /// DETACH keeps the tracking state (ATTACH continues the generation); RESET starts a new one.
+    @Test(.enabled(if: ExternalTool.available("qemu-io", "nbdinfo")))
+    func detachAttachAndReset() throws {
+        let dir = try TemporaryDirectory("filter-detach")
+        let diskPath = dir.file("disk.raw")
+        var model = try makeDisk(diskPath, size: Self.size, seed: 75)
+        let filter = FilterProcess(directory: dir, diskPath: diskPath)
+        var rng = SeededGenerator(seed: 76)
+        try withFilter(filter) { f in
+            let s0 = try f.status()
+            let log = try TrackingOracleTests.round(f.uri, &rng, model: &model)
+            _ = try f.client().checkpoint(disk: "d0")
+            do { try f.client().detach(disk: "d0"); Issue.record("DETACH with a checkpoint open succeeded") }
+            catch let e as FilterError { #expect(e.code == .checkpointOpen) }
+            #expect(try f.cli(["release", "--disk", "d0"]).succeeded)
+            #expect(try f.cli(["detach", "--disk", "d0"]).succeeded)
+            #expect(try f.client().status().isEmpty)
+            #expect(try InteropTests.listExports(f.uri).isEmpty, "a detached disk is no longer exported")
+            let attached = try f.cli(["attach", "--disk", "d0", "--path", diskPath, "--json"])
+            #expect(attached.succeeded, "\(attached.stderr)")
+            let s1 = try f.status()
+            #expect(s1.generation == s0.generation, "detach + attach must continue the generation: \(s1.notes)")
+            let changes = try f.cliChanges(since: s0.changeID)
+            #expect(DiskModel.blocks(of: changes, granularity: 65536) == DiskModel.blocks(of: log, granularity: 65536))
+            expectSame(try readExport(f.uri), model.bytes, "the export after re-attaching")
+
+            let reset = try f.cli(["reset", "--disk", "d0"])
+            #expect(reset.succeeded, "\(reset.stderr)")
+            let s2 = try f.status()
+            #expect(s2.generation != s0.generation)
+            do { _ = try f.client().queryChanges(disk: "d0", since: s0.changeID); Issue.record("an ID from before RESET was answered") }
+            catch let e as FilterError { #expect(e.code == .fullReadRequired) }
+            #expect(try f.stop() == 0)
+        }
+    }
 }
