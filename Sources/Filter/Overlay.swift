@@ -30,6 +30,9 @@ final class Overlay: Sendable {
     struct Entry: Sendable, Equatable {
         var kind: Kind
         var slot: UInt64
+        /// The index of the record that made this entry; below `flushedRecords` it is trusted
+        /// after a crash whatever its slot holds.
+        var record: UInt64
     }
 
     static let headerMagic: UInt64 = 0x5453_4F56_4D41_5031 // "TSOVMAP1"
@@ -131,8 +134,8 @@ final class Overlay: Sendable {
                 if XXH3.hash64(block) != dataChecksum { index += 1; continue }
             }
             switch kind {
-            case .data: state.map[blockIndex] = Entry(kind: .data, slot: slot)
-            case .zero: state.map[blockIndex] = Entry(kind: .zero, slot: 0)
+            case .data: state.map[blockIndex] = Entry(kind: .data, slot: slot, record: index)
+            case .zero: state.map[blockIndex] = Entry(kind: .zero, slot: 0, record: index)
             case .merged: state.map[blockIndex] = nil
             }
             if kind == .data { state.nextSlot = max(state.nextSlot, slot + 1) }
@@ -171,7 +174,10 @@ final class Overlay: Sendable {
         let block = offset / blockSize
         let within = Int(offset - block * blockSize)
         precondition(within + bytes.count <= Int(blockSize), "a write passed to the overlay stays inside one block")
-        if let entry = entry(forBlock: block), entry.kind == .data {
+        // A slot whose record was flushed is trusted after a crash whatever it holds, so it
+        // can be written in place without the lock.
+        let (found, flushed) = state.withLock { ($0.map[block], $0.flushedRecords) }
+        if let entry = found, entry.kind == .data, entry.record < flushed {
             try dataFile.write(bytes, at: entry.slot * blockSize + UInt64(within))
             return true
         }
@@ -179,6 +185,16 @@ final class Overlay: Sendable {
             // Re-check under the lock: another writer may have allocated the block meanwhile.
             if let entry = s.map[block], entry.kind == .data {
                 try dataFile.write(bytes, at: entry.slot * blockSize + UInt64(within))
+                if entry.record < s.flushedRecords { return true }
+                // The slot's record is not flushed yet: recovery trusts it only while the slot
+                // matches the record's checksum, which this write just changed. A new record
+                // with the new checksum keeps an acknowledged write across a process crash
+                // (without it, recovery dropped the block back to the base).
+                var content = [UInt8](repeating: 0, count: Int(blockSize))
+                try content.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * blockSize) }
+                let record = s.recordCount
+                try appendRecord(&s, kind: .data, block: block, slot: entry.slot, dataChecksum: XXH3.hash64(content))
+                s.map[block] = Entry(kind: .data, slot: entry.slot, record: record)
                 return true
             }
             if s.merging && s.map[block] == nil { return false }
@@ -190,10 +206,11 @@ final class Overlay: Sendable {
                 (dst.baseAddress! + within).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
             }
             let slot = s.nextSlot
+            let record = s.recordCount
             try dataFile.write(content, at: slot * blockSize)
             try appendRecord(&s, kind: .data, block: block, slot: slot, dataChecksum: XXH3.hash64(content))
             s.nextSlot += 1
-            s.map[block] = Entry(kind: .data, slot: slot)
+            s.map[block] = Entry(kind: .data, slot: slot, record: record)
             return true
         }
     }
@@ -203,8 +220,9 @@ final class Overlay: Sendable {
     func zeroBlock(_ block: UInt64) throws -> Bool {
         try state.withLock { (s: inout State) throws -> Bool in
             if s.merging && s.map[block] == nil { return false }
+            let record = s.recordCount
             try appendRecord(&s, kind: .zero, block: block, slot: 0, dataChecksum: 0)
-            s.map[block] = Entry(kind: .zero, slot: 0)
+            s.map[block] = Entry(kind: .zero, slot: 0, record: record)
             return true
         }
     }
@@ -223,10 +241,13 @@ final class Overlay: Sendable {
 
     /// Makes every write so far durable and trusted after a crash.
     func flush() throws {
+        // Only records whose data was written before the data sync may be trusted: a record
+        // appended meanwhile may point at a slot whose bytes are not durable yet.
+        let upTo = state.withLock { $0.recordCount }
         try dataFile.syncData()
         try state.withLock { (s: inout State) throws in
             try mapFile.syncData()
-            s.flushedRecords = s.recordCount
+            s.flushedRecords = max(s.flushedRecords, upTo)
             try writeHeader(flushedRecords: s.flushedRecords, merging: s.merging, releaseCommit: s.releaseCommit)
             try mapFile.syncData()
         }
@@ -237,12 +258,13 @@ final class Overlay: Sendable {
     /// Durably records that a release started, and whether it commits or aborts, so a merge
     /// cut short by a crash resumes on restart and finishes the same release.
     func beginMerge(commit: Bool) throws {
+        let upTo = state.withLock { $0.recordCount }
         try dataFile.syncData()
         try state.withLock { (s: inout State) throws in
             s.merging = true
             s.releaseCommit = commit
             try mapFile.syncData()
-            s.flushedRecords = s.recordCount
+            s.flushedRecords = max(s.flushedRecords, upTo)
             try writeHeader(flushedRecords: s.flushedRecords, merging: true, releaseCommit: commit)
             try mapFile.syncData()
         }
@@ -274,8 +296,10 @@ final class Overlay: Sendable {
                 try appendRecord(&s, kind: .merged, block: block, slot: 0, dataChecksum: 0)
                 s.map[block] = nil
             }
+            // The `merged` records are durable now. `flushedRecords` stays: data records that
+            // clients appended meanwhile point at slots not synced, so they keep their checksum
+            // check after a crash (`merged` records are trusted whenever they are intact).
             try mapFile.syncData()
-            s.flushedRecords = s.recordCount
             try writeHeader(flushedRecords: s.flushedRecords, merging: true, releaseCommit: s.releaseCommit)
             return s.map.count
         }
