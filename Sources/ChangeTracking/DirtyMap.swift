@@ -162,8 +162,13 @@ struct DirtyMap: Sendable {
     private func classify(_ b: Int, _ selection: Selection) -> UInt8 {
         switch selection {
         case .since(let s):
-            if let active, active[b] { return activeZero![b] ? 2 : 1 }
-            return tags[b] > UInt8(s - baseSequence) ? (zero[b] ? 2 : 1) : 0
+            // With a checkpoint open, a since-query describes the frozen base (what the
+            // agent reads): a block written after the checkpoint is reported changed, and
+            // reads as zero only if the frozen base's block does (its tag and zero bit are
+            // frozen; the live disk's zero bit would be wrong for the base).
+            let frozenChanged = tags[b] > UInt8(s - baseSequence)
+            if let active, active[b] { return frozenChanged && zero[b] ? 2 : 1 }
+            return frozenChanged ? (zero[b] ? 2 : 1) : 0
         case .active:
             if let active { return active[b] ? (activeZero![b] ? 2 : 1) : 0 }
             return tags[b] > UInt8(lastClosed - baseSequence) ? (zero[b] ? 2 : 1) : 0

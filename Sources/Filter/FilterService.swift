@@ -120,16 +120,9 @@ public final class FilterService: Sendable {
                 throw FilterError(.invalidArgument, "offset \(offset) is past the end of disk \(d.name) (\(d.size) bytes)")
             }
             let length = min(r.length ?? (d.size - offset), d.size - offset)
-            let checkpointWasOpen = d.hasCheckpoint
-            var page = try mapTrackerError { try d.tracker.changes(since: since, in: ByteRange(offset: offset, length: length)) }
-            if checkpointWasOpen || d.hasCheckpoint {
-                // The tracker answers with the held marks too, and their "reads as zero" bit
-                // describes the live disk. The caller reads the frozen base, where a block
-                // trimmed after the checkpoint may still hold data: report such blocks as
-                // data. Asked after the page, the held marks only grew: none is missed.
-                let held = try mapTrackerError { try d.changedExtents(view: .active, in: page.processed) }
-                page.extents = FilterService.clearingZero(page.extents, where: held)
-            }
+            // With a checkpoint open the tracker describes the frozen base, which is what the
+            // agent reads: blocks written since are reported changed, never "reads as zero".
+            let page = try mapTrackerError { try d.tracker.changes(since: since, in: ByteRange(offset: offset, length: length)) }
             return P.encode(P.QueryChangesReply(
                 disk: d.name, since: r.since,
                 extents: page.extents.map { P.Extent(offset: $0.range.offset, length: $0.range.length, zero: $0.readsAsZero) },
@@ -149,35 +142,6 @@ public final class FilterService: Sendable {
         }
     }
 
-    /// `extents` with the "reads as zero" flag cleared wherever they overlap `held`, coalesced
-    /// again. Clearing is always safe: the caller then reads the range instead of assuming zeroes.
-    static func clearingZero(_ extents: [ChangedExtent], where held: [ChangedExtent]) -> [ChangedExtent] {
-        // Both lists are sorted by offset and free of overlaps: walk them together.
-        var pieces: [ChangedExtent] = []
-        var first = 0
-        for e in extents {
-            guard e.readsAsZero else { pieces.append(e); continue }
-            while first < held.count && held[first].range.end <= e.range.offset { first += 1 }
-            var at = e.range.offset
-            for h in held[first...] {
-                if h.range.offset >= e.range.end { break }
-                guard let i = h.range.intersection(e.range), i.length > 0 else { continue }
-                if i.offset > at { pieces.append(ChangedExtent(range: ByteRange(offset: at, length: i.offset - at), readsAsZero: true)) }
-                pieces.append(ChangedExtent(range: i, readsAsZero: false))
-                at = i.end
-            }
-            if at < e.range.end { pieces.append(ChangedExtent(range: ByteRange(offset: at, length: e.range.end - at), readsAsZero: true)) }
-        }
-        var out: [ChangedExtent] = []
-        for p in pieces {
-            if let last = out.last, last.readsAsZero == p.readsAsZero, last.range.end == p.range.offset {
-                out[out.count - 1].range.length += p.range.length
-            } else {
-                out.append(p)
-            }
-        }
-        return out
-    }
 
     /// Tracker errors keep their meaning on the wire (a full read is required, ...).
     private func mapTrackerError<T>(_ body: () throws -> T) throws -> T {

@@ -57,7 +57,9 @@ struct TrackerModel {
     func since(_ s: UInt64) -> [Int: Bool] {
         var out: [Int: Bool] = [:]
         for (b, e) in epochOf where e > s { out[b] = zeroOf[b] }
-        for (b, z) in held ?? [:] { out[b] = z }
+        // Blocks held since an open checkpoint are changed; they read as zero only if the
+        // frozen base's block does (the query describes the base the agent reads).
+        for b in (held ?? [:]).keys { out[b] = (epochOf[b] ?? 0) > s && zeroOf[b] == true }
         return out
     }
 
