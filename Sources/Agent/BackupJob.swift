@@ -236,17 +236,22 @@ public final class BackupJob: Sendable {
         var map = parentMap.map { RepositoryAccess.resized($0, to: size) } ?? RepositoryAccess.emptyMap(size: size, chunkSize: Int(chunkSize))
         var toRead: [ByteRange]
         var healed = 0
+        var zeroedChunks = 0
         if let changed {
             toRead = changed
             // Ranges trimmed or zeroed since the parent: whole chunks become zero entries
-            // without a read; partial chunks are read.
+            // without a read (the last, partial chunk too when the range reaches the end);
+            // partial chunks are read.
+            var zeroChunks: [ByteRange] = []
             for z in zeroHint {
-                let first = (z.offset + chunkSize - 1) / chunkSize, end = z.end / chunkSize
-                if first < end { for i in first..<end { RepositoryAccess.set(&map, Int(i), nil) } }
+                let first = (z.offset + chunkSize - 1) / chunkSize
+                let end = z.end >= size ? (size + chunkSize - 1) / chunkSize : z.end / chunkSize
+                guard first < end else { continue }
+                for i in first..<end { RepositoryAccess.set(&map, Int(i), nil) }
+                zeroedChunks += Int(end - first)
+                zeroChunks.append(ByteRange(offset: first * chunkSize, length: min(end * chunkSize, size) - first * chunkSize))
             }
-            toRead = toRead.filter { r in
-                !zeroHint.contains { $0.contains(r) && r.offset % chunkSize == 0 && (r.end % chunkSize == 0 || r.end == size) }
-            }
+            toRead = ChunkPipeline.subtract(zeroChunks.coalesced(), from: toRead.coalesced())
             // Self-healing: a carried-over chunk that is no longer in the repository (damaged
             // and set aside, or lost) is read again from the source, whatever the tracker says.
             for i in 0..<RepositoryAccess.count(map) {
@@ -300,8 +305,10 @@ public final class BackupJob: Sendable {
             diskSize: size, bytesRead: counters.bytesRead.load(ordering: .relaxed),
             chunksNew: counters.chunksNew.load(ordering: .relaxed),
             chunksReused: counters.chunksReused.load(ordering: .relaxed),
-            chunksZero: counters.chunksZero.load(ordering: .relaxed),
-            chunksCarried: max(0, RepositoryAccess.count(map) - results.withLock { $0.count }),
+            // Chunks not read are carried over from the parent (incremental) or holes (full read).
+            chunksZero: counters.chunksZero.load(ordering: .relaxed) + zeroedChunks
+                + (parentMap == nil ? RepositoryAccess.count(map) - results.withLock { $0.count } : 0),
+            chunksCarried: parentMap == nil ? 0 : max(0, RepositoryAccess.count(map) - results.withLock { $0.count } - zeroedChunks),
             chunksHealed: healed,
             bytesStored: counters.bytesStored.load(ordering: .relaxed), seconds: seconds, fullReason: fullReason)
         do {

@@ -63,6 +63,20 @@ struct ChunkPipeline {
         return out
     }
 
+    /// `ranges` minus `holes` (both sorted and coalesced).
+    static func subtract(_ holes: [ByteRange], from ranges: [ByteRange]) -> [ByteRange] {
+        var out: [ByteRange] = []
+        for r in ranges {
+            var at = r.offset
+            for h in holes where h.end > at && h.offset < r.end {
+                if h.offset > at { out.append(ByteRange(offset: at, length: h.offset - at)) }
+                at = max(at, h.end)
+            }
+            if at < r.end { out.append(ByteRange(offset: at, length: r.end - at)) }
+        }
+        return out
+    }
+
     /// Processes `segments` and calls `record(chunkIndex, outcome)` for every chunk (from
     /// worker threads; the callee synchronises).
     func run(segments: [ByteRange], record: @escaping @Sendable (Int, ChunkOutcome) -> Void) throws {

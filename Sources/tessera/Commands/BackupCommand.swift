@@ -37,7 +37,8 @@ struct BackupCommand: ParsableCommand {
         let summary = try reportingErrors(json: json) {
             let job = try BackupJob(options: options)
             return try job.run(log: { message in
-                if json { Output.json(["type": "note", "message": message]) } else { Output.error(message) }
+                // A full read's reason is in the summary too; say the rest as it happens.
+                if json { Output.json(["type": "note", "message": message]) } else if !message.hasPrefix("full read:") { Output.error(message) }
             }, progress: { bar.update($0) })
         }
         bar.finish()
