@@ -105,6 +105,12 @@ final class NBDSocket {
         return out
     }
 
+    /// Makes a blocked receive fail after `seconds` instead of waiting forever (SO_RCVTIMEO).
+    func setReceiveTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     func close() {
         if fd >= 0 {
             Glibc.close(fd)
