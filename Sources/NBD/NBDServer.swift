@@ -2,6 +2,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An NBD server (fixed newstyle, structured replies, meta contexts) for the exports of one
 /// provider, on a Unix socket or TCP.
@@ -18,6 +21,7 @@ public final class NBDServer: Sendable {
 
     private struct State {
         var listeners: [any Channel] = []
+        var socketPaths: [String] = []
         var connections: [ObjectIdentifier: any Channel] = [:]
         var stopping = false
     }
@@ -38,6 +42,7 @@ public final class NBDServer: Sendable {
     public func start(unixSocket path: String) async throws {
         let channel = try await bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         try register(listener: channel)
+        state.withLock { $0.socketPaths.append(path) }
         logger.info("listening", metadata: ["socket": "\(path)"])
     }
 
@@ -53,13 +58,17 @@ public final class NBDServer: Sendable {
     }
 
     /// Stops accepting, lets every connection finish its in-flight requests, closes them,
-    /// and releases the threads. The server cannot be started again.
+    /// and releases the threads. The server cannot be started again; a second call returns
+    /// at once. Call it before dropping the server, or its threads stay behind.
     public func shutdown() async throws {
-        let (listeners, connections) = state.withLock { s -> ([any Channel], [any Channel]) in
-            s.stopping = true
-            return (s.listeners, Array(s.connections.values))
+        let (listeners, connections, paths, first) = state.withLock { s -> ([any Channel], [any Channel], [String], Bool) in
+            defer { s.stopping = true }
+            return (s.listeners, Array(s.connections.values), s.socketPaths, !s.stopping)
         }
+        guard first else { return }
         for l in listeners { try? await l.close() }
+        // No stale socket file: a client then gets "no such file" instead of "connection refused".
+        for p in paths { unlink(p) }
         for c in connections { c.pipeline.fireUserInboundEventTriggered(NBDDrainEvent()) }
         for c in connections { try? await c.closeFuture.get() }
         try await threadPool.shutdownGracefully()
