@@ -94,6 +94,9 @@ public final class NBDServer: Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // WRITE payloads are large: reading up to 1 MiB per syscall keeps the number of
+            // reads, allocations and cumulation copies per request low.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { [weak self] channel in
                 guard let self, self.track(channel) else {
                     return channel.close()

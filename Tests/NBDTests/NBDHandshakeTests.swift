@@ -182,6 +182,16 @@ struct NBDHandshakeTests {
         #expect(session.contexts.map(\.id) == [0, 2])
     }
 
+    @Test func metaContextSelectionForTheDefaultExportNameCarriesOver() {
+        var m = NBDHandshake(provider: provider)
+        let (actions, _) = drive(ClientMessage.flags() + ClientMessage.option(8)
+                                 + ClientMessage.option(10, ClientMessage.meta("", ["qemu:dirty-bitmap:active"]))
+                                 + ClientMessage.option(7, ClientMessage.go("")), machine: &m)
+        guard case .startTransmission(_, let session)? = actions.last else { Issue.record("\(actions)"); return }
+        #expect(session.info.name == "disk")
+        #expect(session.contexts.map(\.name) == ["qemu:dirty-bitmap:active"])
+    }
+
     @Test func metaContextSelectionIsDroppedForAnotherExport() {
         var m = NBDHandshake(provider: provider)
         let (actions, _) = drive(ClientMessage.flags() + ClientMessage.option(8)
