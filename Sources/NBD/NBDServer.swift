@@ -17,6 +17,7 @@ public final class NBDServer: Sendable {
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private let threadPool: NIOThreadPool
+    private let handshakeTimeout: TimeAmount
     private let state = Mutex(State())
 
     private struct State {
@@ -30,9 +31,13 @@ public final class NBDServer: Sendable {
     ///   - provider: the exports to serve.
     ///   - logger: connection events and protocol errors go here.
     ///   - threads: threads running export calls (disk I/O).
-    public init(provider: any NBDExportProvider, logger: Logger = Logger(label: "tessera.nbd"), threads: Int = 4) {
+    ///   - handshakeTimeout: a connection that has not finished negotiating by then is closed,
+    ///     so silent or stuck clients cannot pile up.
+    public init(provider: any NBDExportProvider, logger: Logger = Logger(label: "tessera.nbd"), threads: Int = 4,
+                handshakeTimeout: TimeAmount = .seconds(60)) {
         self.provider = provider
         self.logger = logger
+        self.handshakeTimeout = handshakeTimeout
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         threadPool = NIOThreadPool(numberOfThreads: max(1, threads))
         threadPool.start()
@@ -89,6 +94,7 @@ public final class NBDServer: Sendable {
 
     private func bootstrap() -> ServerBootstrap {
         let provider = self.provider, threadPool = self.threadPool, logger = self.logger
+        let handshakeTimeout = self.handshakeTimeout
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -114,7 +120,8 @@ public final class NBDServer: Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        NBDHandshakeHandler(provider: provider, threadPool: threadPool, logger: connectionLogger))
+                        NBDHandshakeHandler(provider: provider, threadPool: threadPool, logger: connectionLogger,
+                                        timeout: handshakeTimeout))
                 }
             }
     }

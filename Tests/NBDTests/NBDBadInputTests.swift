@@ -231,6 +231,61 @@ final class RendezvousExport: NBDExport {
 
 @Suite(.serialized)
 struct NBDConcurrencyTests {
+    @Test func severalConnectionsWriteAtOnceAndEveryByteLands() async throws {
+        let dir = try TemporaryDirectory("nbd-multi")
+        let size: UInt64 = 16 << 20
+        try makeImage(dir.file("disk.raw"), size: size)
+        let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
+        let expected = try await withServer([export], in: dir) { server -> [UInt8] in
+            let uri = try NBDURI(parsing: server.uri("disk"))
+            // Four clients, each owning every fourth 64 KiB block, writing in random order.
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for client in 0..<4 {
+                    group.addTask {
+                        let c = try NBDClient.connect(uri)
+                        defer { c.close() }
+                        var rng = SeededGenerator(seed: UInt64(client))
+                        var blocks = Array(stride(from: client, to: Int(size >> 16), by: 4))
+                        blocks.shuffle(using: &rng)
+                        for b in blocks {
+                            try c.write(offset: UInt64(b) << 16, data: [UInt8](repeating: UInt8(truncatingIfNeeded: b &* 7 &+ 1), count: 65536))
+                        }
+                        try c.flush()
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let check = try NBDClient.connect(uri)
+            defer { check.close() }
+            var all: [UInt8] = []
+            for offset in stride(from: UInt64(0), to: size, by: 4 << 20) { all += try check.read(offset: offset, length: 4 << 20) }
+            return all
+        }
+        for b in 0..<Int(size >> 16) {
+            let want = UInt8(truncatingIfNeeded: b &* 7 &+ 1)
+            #expect(expected[(b << 16)..<((b + 1) << 16)].allSatisfy { $0 == want }, "block \(b)")
+        }
+        #expect(try DurableFile.read(dir.file("disk.raw")) == expected)
+    }
+
+    @Test func aClientThatNeverFinishesTheHandshakeIsClosed() async throws {
+        let dir = try TemporaryDirectory("nbd-hs-timeout")
+        let server = NBDServer(provider: NBDExportSet([MemoryExport(name: "m", size: 4096)]), threads: 1,
+                               handshakeTimeout: .milliseconds(200))
+        try await server.start(unixSocket: dir.file("s.sock"))
+        do {
+            let c = try RawConnection(dir.file("s.sock"))
+            _ = try c.receive(18)
+            try c.send(ClientMessage.flags()) // then silence
+            // Closed by the server's timer (RawConnection's own receive timeout is 60 s).
+            #expect(c.serverClosed())
+        } catch {
+            try? await server.shutdown()
+            throw error
+        }
+        try await server.shutdown()
+    }
+
     @Test func requestsOfOneConnectionOverlapAndRepliesMayComeOutOfOrder() async throws {
         let dir = try TemporaryDirectory("nbd-overlap")
         let export = RendezvousExport()
