@@ -1,3 +1,4 @@
+import BlockIO
 import NIOCore
 
 /// A blocking NBD client: fixed-newstyle handshake, structured replies, meta contexts, one
@@ -32,11 +33,19 @@ public final class NBDClient {
     deinit { socket.close() }
 
     /// Connects and negotiates: structured replies, the requested meta contexts, then GO.
-    /// - Parameter metaContexts: contexts to select, e.g. `["qemu:dirty-bitmap:b0"]`. Asking
-    ///   for one the server lacks is no error; check `negotiatedContexts`.
+    /// - Parameters:
+    ///   - metaContexts: contexts to select, e.g. `["qemu:dirty-bitmap:b0"]`. Asking for one the
+    ///     server lacks is no error; check `negotiatedContexts`.
+    ///   - timeoutSeconds: when set, any single send or receive that blocks longer fails with
+    ///     `.connection` (a hung server then cannot hang the caller).
     /// - Throws: `NBDError` (`.connection`, `.refused` for an unknown export, `.protocolViolation`).
-    public static func connect(_ uri: NBDURI, metaContexts: [String] = []) throws -> NBDClient {
-        let client = NBDClient(socket: try NBDSocket.connect(uri.endpoint))
+    public static func connect(_ uri: NBDURI, metaContexts: [String] = [], timeoutSeconds: Int? = nil) throws -> NBDClient {
+        let socket = try NBDSocket.connect(uri.endpoint)
+        if let timeoutSeconds {
+            socket.setReceiveTimeout(seconds: timeoutSeconds)
+            socket.setSendTimeout(seconds: timeoutSeconds)
+        }
+        let client = NBDClient(socket: socket)
         try client.handshake(exportName: uri.exportName, metaContexts: metaContexts)
         return client
     }
@@ -174,12 +183,24 @@ public final class NBDClient {
 
     // MARK: - Transmission
 
-    /// Reads `buffer.count` bytes at `offset` (at most `maximumBlockSize`). Handles simple
-    /// replies and OFFSET_DATA / OFFSET_HOLE / ERROR chunks.
+    /// Reads `length` bytes at `offset` into the start of `buffer`. Lengths above the server's
+    /// maximum block size are split into several requests. Handles simple replies and
+    /// OFFSET_DATA / OFFSET_HOLE / ERROR chunks.
     public func read(offset: UInt64, length: UInt32, into buffer: UnsafeMutableRawBufferPointer) throws {
         guard buffer.count >= Int(length) else {
             throw NBDError(.invalid, "read buffer of \(buffer.count) bytes is smaller than the \(length) bytes asked for")
         }
+        let step = max(UInt32(4096), maximumBlockSize)
+        var done: UInt32 = 0
+        while done < length {
+            let n = min(step, length - done)
+            try readOne(offset: offset + UInt64(done), length: n,
+                        into: UnsafeMutableRawBufferPointer(rebasing: buffer[Int(done)..<Int(done + n)]))
+            done += n
+        }
+    }
+
+    private func readOne(offset: UInt64, length: UInt32, into buffer: UnsafeMutableRawBufferPointer) throws {
         let cookie = try sendRequest(type: NBDProtocol.Command.read, flags: 0, offset: offset, length: length)
         var covered: UInt64 = 0
         var failure: NBDError?
@@ -279,6 +300,26 @@ public final class NBDClient {
         if let failure { throw failure }
         guard !extents.isEmpty else { throw NBDError(.protocolViolation, "the server sent no extents for \(context)") }
         return extents
+    }
+
+    /// The status of every byte of `range` for `context`, asking as often as needed (servers may
+    /// answer less than asked) with adjacent extents of equal flags merged.
+    public func blockStatus(context: String, range: ByteRange) throws -> [(range: ByteRange, flags: UInt32)] {
+        var out: [(range: ByteRange, flags: UInt32)] = []
+        var at = range.offset
+        while at < range.end {
+            // 2 GiB steps keep lengths far from UInt32 overflow and match what qemu answers.
+            let length = UInt32(min(range.end - at, 1 << 31))
+            for e in try blockStatus(context: context, offset: at, length: length) {
+                if let last = out.last, last.flags == e.flags, last.range.end == at {
+                    out[out.count - 1].range.length += UInt64(e.length)
+                } else {
+                    out.append((ByteRange(offset: at, length: UInt64(e.length)), e.flags))
+                }
+                at += UInt64(e.length)
+            }
+        }
+        return out
     }
 
     /// Sends NBD_CMD_DISC and closes the socket. Safe to call twice.

@@ -119,7 +119,7 @@ package struct NBDHandshake {
             reply.writeInteger(info.size)
             reply.writeInteger(info.transmissionFlags)
             if !noZeroes { reply.writeRepeatingByte(0, count: 124) }
-            return start(export: export, info: info, reply: reply)
+            return start(requestedName: name, export: export, info: info, reply: reply)
         case O.abort:
             state = .finished
             return .sendAndClose(reply(option, NBDProtocol.Reply.ack))
@@ -192,13 +192,15 @@ package struct NBDHandshake {
         out.writeImmutableBuffer(exportInfo.withReply(option, R.info, allocator))
         out.writeImmutableBuffer(reply(option, R.ack))
         if option == NBDProtocol.Option.info { return .send(out) }
-        return start(export: export, info: info, reply: out)
+        return start(requestedName: name, export: export, info: info, reply: out)
     }
 
-    private mutating func start(export: any NBDExport, info: NBDExportInfo, reply: ByteBuffer) -> Action {
+    private mutating func start(requestedName: String, export: any NBDExport, info: NBDExportInfo, reply: ByteBuffer) -> Action {
         state = .finished
-        // A meta context selection applies only to the export it was made for.
-        let contexts = (selection?.exportName == info.name && structuredReplies) ? selection?.contexts ?? [] : []
+        // A meta context selection applies only to the export it was made for ("" and the
+        // default export's real name both name the default export).
+        let sameExport = selection.map { $0.exportName == requestedName || $0.exportName == info.name } ?? false
+        let contexts = sameExport && structuredReplies ? selection?.contexts ?? [] : []
         return .startTransmission(reply, NBDSession(export: export, info: info, structuredReplies: structuredReplies,
                                                     contexts: contexts))
     }

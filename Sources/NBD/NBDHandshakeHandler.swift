@@ -17,16 +17,40 @@ final class NBDHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let threadPool: NIOThreadPool
     private var logger: Logger
     private var done = false
+    private let timeout: TimeAmount
+    private var timer: Scheduled<Void>?
 
-    init(provider: any NBDExportProvider, threadPool: NIOThreadPool, logger: Logger) {
+    init(provider: any NBDExportProvider, threadPool: NIOThreadPool, logger: Logger, timeout: TimeAmount) {
         machine = NBDHandshake(provider: provider)
         self.threadPool = threadPool
         self.logger = logger
+        self.timeout = timeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { start(context: context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        context.writeAndFlush(wrapOutboundOut(NBDHandshake.greeting(allocator: context.channel.allocator)), promise: nil)
+        start(context: context)
         context.fireChannelActive()
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        guard timer == nil else { return }
+        context.writeAndFlush(wrapOutboundOut(NBDHandshake.greeting(allocator: context.channel.allocator)), promise: nil)
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = loopBound.value
+            guard !handler.done else { return }
+            handler.done = true
+            handler.logger.info("handshake not finished in time, closing connection")
+            context.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

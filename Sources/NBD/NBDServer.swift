@@ -2,6 +2,9 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An NBD server (fixed newstyle, structured replies, meta contexts) for the exports of one
 /// provider, on a Unix socket or TCP.
@@ -14,10 +17,12 @@ public final class NBDServer: Sendable {
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private let threadPool: NIOThreadPool
+    private let handshakeTimeout: TimeAmount
     private let state = Mutex(State())
 
     private struct State {
         var listeners: [any Channel] = []
+        var socketPaths: [String] = []
         var connections: [ObjectIdentifier: any Channel] = [:]
         var stopping = false
     }
@@ -26,9 +31,13 @@ public final class NBDServer: Sendable {
     ///   - provider: the exports to serve.
     ///   - logger: connection events and protocol errors go here.
     ///   - threads: threads running export calls (disk I/O).
-    public init(provider: any NBDExportProvider, logger: Logger = Logger(label: "tessera.nbd"), threads: Int = 4) {
+    ///   - handshakeTimeout: a connection that has not finished negotiating by then is closed,
+    ///     so silent or stuck clients cannot pile up.
+    public init(provider: any NBDExportProvider, logger: Logger = Logger(label: "tessera.nbd"), threads: Int = 4,
+                handshakeTimeout: TimeAmount = .seconds(60)) {
         self.provider = provider
         self.logger = logger
+        self.handshakeTimeout = handshakeTimeout
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         threadPool = NIOThreadPool(numberOfThreads: max(1, threads))
         threadPool.start()
@@ -38,6 +47,7 @@ public final class NBDServer: Sendable {
     public func start(unixSocket path: String) async throws {
         let channel = try await bootstrap().bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         try register(listener: channel)
+        state.withLock { $0.socketPaths.append(path) }
         logger.info("listening", metadata: ["socket": "\(path)"])
     }
 
@@ -53,13 +63,17 @@ public final class NBDServer: Sendable {
     }
 
     /// Stops accepting, lets every connection finish its in-flight requests, closes them,
-    /// and releases the threads. The server cannot be started again.
+    /// and releases the threads. The server cannot be started again; a second call returns
+    /// at once. Call it before dropping the server, or its threads stay behind.
     public func shutdown() async throws {
-        let (listeners, connections) = state.withLock { s -> ([any Channel], [any Channel]) in
-            s.stopping = true
-            return (s.listeners, Array(s.connections.values))
+        let (listeners, connections, paths, first) = state.withLock { s -> ([any Channel], [any Channel], [String], Bool) in
+            defer { s.stopping = true }
+            return (s.listeners, Array(s.connections.values), s.socketPaths, !s.stopping)
         }
+        guard first else { return }
         for l in listeners { try? await l.close() }
+        // No stale socket file: a client then gets "no such file" instead of "connection refused".
+        for p in paths { unlink(p) }
         for c in connections { c.pipeline.fireUserInboundEventTriggered(NBDDrainEvent()) }
         for c in connections { try? await c.closeFuture.get() }
         try await threadPool.shutdownGracefully()
@@ -80,11 +94,15 @@ public final class NBDServer: Sendable {
 
     private func bootstrap() -> ServerBootstrap {
         let provider = self.provider, threadPool = self.threadPool, logger = self.logger
+        let handshakeTimeout = self.handshakeTimeout
         return ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
+            // WRITE payloads are large: reading up to 1 MiB per syscall keeps the number of
+            // reads, allocations and cumulation copies per request low.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { [weak self] channel in
                 guard let self, self.track(channel) else {
                     return channel.close()
@@ -102,7 +120,8 @@ public final class NBDServer: Sendable {
                 }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        NBDHandshakeHandler(provider: provider, threadPool: threadPool, logger: connectionLogger))
+                        NBDHandshakeHandler(provider: provider, threadPool: threadPool, logger: connectionLogger,
+                                        timeout: handshakeTimeout))
                 }
             }
     }

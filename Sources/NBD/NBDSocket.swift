@@ -92,6 +92,9 @@ final class NBDSocket {
             let n = recv(fd, base + done, buffer.count - done, 0)
             if n < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw NBDError(.connection, "the server did not answer in time; check that it is alive, or raise the timeout")
+                }
                 throw NBDError(.connection, "receive failed: \(Self.errnoText())")
             }
             if n == 0 { throw NBDError(.connection, "the server closed the connection") }
@@ -103,6 +106,18 @@ final class NBDSocket {
         var out = [UInt8](repeating: 0, count: count)
         try out.withUnsafeMutableBytes { try receive(into: $0) }
         return out
+    }
+
+    /// Makes a blocked receive fail after `seconds` instead of waiting forever (SO_RCVTIMEO).
+    func setReceiveTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Makes a blocked send fail after `seconds` (SO_SNDTIMEO).
+    func setSendTimeout(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     func close() {

@@ -13,13 +13,16 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Requests in flight before we stop reading from the socket (back-pressure).
+    /// Requests, and bytes of reads and writes, in flight before we stop reading from the
+    /// socket (back-pressure): a client can never make us buffer more than this.
     static let maximumInFlight = 64
+    static let maximumInFlightBytes = 128 << 20
 
     private let session: NBDSession
     private let threadPool: NIOThreadPool
     private let logger: Logger
     private var inFlight = 0
+    private var inFlightBytes = 0
     /// DISC received, the server drains, or the stream broke: take no more requests.
     private var closing = false
     private var closed = false
@@ -63,12 +66,15 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
                                                                   allocator: allocator)), promise: nil)
             return
         }
+        let bytes = r.type == NBDProtocol.Command.read || r.type == NBDProtocol.Command.write ? Int(r.length) : 0
         inFlight += 1
+        inFlightBytes += bytes
         let session = self.session
         threadPool.runIfActive(eventLoop: context.eventLoop) {
             NBDTransmission.perform(r, session: session, allocator: allocator)
         }.assumeIsolated().whenComplete { result in
             self.inFlight -= 1
+            self.inFlightBytes -= bytes
             let reply: ByteBuffer
             switch result {
             case .success(let b): reply = b
@@ -79,7 +85,7 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
             if !self.closed { context.writeAndFlush(self.wrapOutboundOut(reply), promise: nil) }
             if self.closing {
                 self.closeWhenIdle(context: context)
-            } else if self.readHeld && self.inFlight < Self.maximumInFlight {
+            } else if self.readHeld && !self.saturated {
                 self.readHeld = false
                 context.read()
             }
@@ -95,8 +101,12 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
         }
     }
 
+    private var saturated: Bool {
+        inFlight >= Self.maximumInFlight || inFlightBytes >= Self.maximumInFlightBytes
+    }
+
     func read(context: ChannelHandlerContext) {
-        if inFlight >= Self.maximumInFlight {
+        if saturated {
             readHeld = true
             return
         }
