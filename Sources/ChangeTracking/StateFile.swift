@@ -86,7 +86,7 @@ enum StateFile {
     static func decode(_ bytes: [UInt8]) throws(FormatProblem) -> Contents {
         do {
             return try decodeChecked(bytes)
-        } catch let truncated as ByteReader.Truncated {
+        } catch let truncated as ShortData {
             _ = truncated
             throw FormatProblem("the state file is truncated (\(bytes.count) bytes)")
         } catch let problem as FormatProblem {
@@ -97,7 +97,7 @@ enum StateFile {
     }
 
     private static func decodeChecked(_ bytes: [UInt8]) throws -> Contents {
-        guard bytes.count >= fixedHeaderSize + 8 else { throw ByteReader.Truncated() }
+        guard bytes.count >= fixedHeaderSize + 8 else { throw ShortData() }
         guard Array(bytes[0..<8]) == magic else { throw FormatProblem("the state file has a bad magic number (not a Tessera tracker state)") }
         var r = ByteReader(bytes, offset: 8)
         let version = try r.u32()

@@ -26,7 +26,7 @@ public final class ControlClient {
         guard let replyHeaderBytes = try UnixSocket.readExactly(fd, ControlProtocol.headerSize) else {
             throw FilterError(.unreachable, "the filter at \(path) closed the connection without replying")
         }
-        let reply = ControlProtocol.Header(parsing: replyHeaderBytes)
+        let reply = try ControlProtocol.Header(parsing: replyHeaderBytes)
         guard reply.magic == ControlProtocol.responseMagic, reply.length <= ControlProtocol.maxResponsePayload else {
             throw FilterError(.badRequest, "\(path) did not answer in the Tessera control protocol; is it a control socket?")
         }

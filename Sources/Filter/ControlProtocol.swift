@@ -1,3 +1,4 @@
+import Codecs
 import Foundation
 
 /// The control endpoint's wire format, version 1 (documented in docs/CONTROL.md).
@@ -77,9 +78,15 @@ public enum ControlProtocol {
             return w.bytes
         }
 
-        public init(parsing bytes: [UInt8]) {
+        /// Parses a 16-byte header.
+        /// - Throws: `FilterError.badRequest` when fewer than 16 bytes are given.
+        public init(parsing bytes: [UInt8]) throws {
             var r = ByteReader(bytes)
-            magic = r.u32(); version = r.u16(); number = r.u16(); id = r.u32(); length = r.u32()
+            do {
+                magic = try r.u32(); version = try r.u16(); number = try r.u16(); id = try r.u32(); length = try r.u32()
+            } catch {
+                throw FilterError(.badRequest, "a control message header is 16 bytes; got \(bytes.count)")
+            }
         }
     }
 

@@ -82,7 +82,7 @@ public final class ControlServer: Sendable {
                 logger.info("control endpoint: \(error)")
                 return
             }
-            let header = ControlProtocol.Header(parsing: headerBytes)
+            guard let header = try? ControlProtocol.Header(parsing: headerBytes) else { return }
             guard header.magic == ControlProtocol.requestMagic else {
                 reply(fd, id: header.id, error: FilterError(.badRequest, "not a control request (bad magic 0x\(String(header.magic, radix: 16))); this socket speaks the Tessera control protocol v1, see docs/CONTROL.md"))
                 return

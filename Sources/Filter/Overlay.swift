@@ -93,10 +93,10 @@ final class Overlay: Sendable {
         let dataFile = try BlockFile(path: "\(directory)/overlay.data", mode: .createReadWrite)
         let header = try mapFile.read(count: recordSize, at: 0)
         var r = ByteReader(header)
-        let magic = r.u64(), version = r.u32(), storedBlockSize = r.u32(), storedDiskSize = r.u64()
-        let flushed = r.u64(), merging = r.u32(), releaseCommit = r.u32()
-        _ = r.u64(); _ = r.u64()
-        let checksum = r.u64()
+        let magic = try r.u64(), version = try r.u32(), storedBlockSize = try r.u32(), storedDiskSize = try r.u64()
+        let flushed = try r.u64(), merging = try r.u32(), releaseCommit = try r.u32()
+        _ = try r.u64(); _ = try r.u64()
+        let checksum = try r.u64()
         guard magic == headerMagic, version == Overlay.version,
               checksum == XXH3.hash64(Array(header[0..<56])) else {
             throw FilterError(.damaged, "overlay header in \(directory)/overlay.map is damaged; the writes taken during the open checkpoint cannot be trusted. Move the overlay files aside and run `tessera filter reset` for this disk, then take a full backup")
@@ -115,11 +115,11 @@ final class Overlay: Sendable {
         while index < records {
             let raw = try mapFile.read(count: recordSize, at: UInt64(recordSize) * (index + 1))
             var rr = ByteReader(raw)
-            let rmagic = rr.u32(), kindRaw = rr.u32(), blockIndex = rr.u64(), slot = rr.u64()
-            _ = rr.u64() // sequence (= index), kept for humans reading a hex dump
-            let dataChecksum = rr.u64()
-            _ = rr.u64(); _ = rr.u64()
-            let rchecksum = rr.u64()
+            let rmagic = try rr.u32(), kindRaw = try rr.u32(), blockIndex = try rr.u64(), slot = try rr.u64()
+            _ = try rr.u64() // sequence (= index), kept for humans reading a hex dump
+            let dataChecksum = try rr.u64()
+            _ = try rr.u64(); _ = try rr.u64()
+            let rchecksum = try rr.u64()
             let valid = rmagic == recordMagic && rchecksum == XXH3.hash64(Array(raw[0..<56]))
             if !valid || Kind(rawValue: kindRaw) == nil {
                 if index < flushed {

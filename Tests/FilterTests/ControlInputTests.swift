@@ -32,7 +32,7 @@ struct ControlInputTests {
             // A close with our unread bytes still queued on the filter's side shows up here as
             // ECONNRESET instead of an end of stream: both are "the filter closed".
             guard let h = try? UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return replies }
-            let header = ControlProtocol.Header(parsing: h)
+            let header = try ControlProtocol.Header(parsing: h)
             guard header.magic == ControlProtocol.responseMagic, header.length <= ControlProtocol.maxResponsePayload else {
                 throw HarnessFailure(description: "a reply without the response magic: \(header)")
             }
