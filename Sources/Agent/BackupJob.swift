@@ -88,6 +88,7 @@ public final class BackupJob: Sendable {
     public func run(log: @escaping @Sendable (String) -> Void = { _ in },
                     progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> BackupSummary {
         let started = Date()
+        HeapTuning.applyOnce()
         let repository = try RepositoryAccess.open(options.repositoryPath)
         let lock = try RepositoryAccess.lock(repository, .shared)
         defer { lock.release() }

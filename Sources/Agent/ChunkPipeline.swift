@@ -83,12 +83,15 @@ struct ChunkPipeline {
         let next = Atomic<Int>(0)
         let failure = Mutex<(any Error)?>(nil)
         let threadCount = max(1, min(workers, segments.count))
+        // An incremental's segments are mostly one chunk: size the buffers to the largest
+        // segment, not to `segmentSize`, so a small night does not hold workers × 4 MiB.
+        let bufferSize = Int(max(segments.map(\.length).max() ?? 0, chunkSize))
         let group = DispatchGroup()
         for _ in 0..<threadCount {
             group.enter()
             let thread = Thread { [self] in
                 defer { group.leave() }
-                var buffer = [UInt8](repeating: 0, count: Int(max(ChunkPipeline.segmentSize, chunkSize)))
+                var buffer = [UInt8](repeating: 0, count: bufferSize)
                 while failure.withLock({ $0 == nil }) {
                     let i = next.add(1, ordering: .relaxed).oldValue
                     guard i < segments.count else { return }

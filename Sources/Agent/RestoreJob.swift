@@ -68,6 +68,7 @@ public struct RestoreJob: Sendable {
     public func run(log: @escaping @Sendable (String) -> Void = { _ in },
                     progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> RestoreSummary {
         let started = Date()
+        HeapTuning.applyOnce()
         let repository = try RepositoryAccess.open(options.repositoryPath)
         let lock = try RepositoryAccess.lock(repository, .shared)
         defer { lock.release() }
