@@ -7,8 +7,11 @@ import Synchronization
 ///
 /// `store` may be called from many threads at once: hashing checks and compression run
 /// outside any lock, each thread with its own zstd context from the pool; only appending
-/// the finished envelope to the open pack takes the lock. Sealed packs are written one at
-/// a time under `packWriteLock`, which also gives back-pressure.
+/// the finished envelope to the open pack takes the lock. Sealed packs are written (and
+/// fsynced) by a serial background queue, so the threads that hash and compress never wait
+/// for the disk; at most `packsInFlight` full packs wait for it, which bounds memory and
+/// gives back-pressure. Index files are written on the same queue, after the packs they
+/// name, so "packs durable before any index names them" holds by construction.
 ///
 /// Any failure closes the writer (`.writerClosed` afterwards): the packs already written
 /// are harmless garbage for prune, and a retry starts a new writer.
@@ -28,8 +31,11 @@ public final class RepositoryWriter: Sendable {
     }
 
     private let state = Mutex(State())
-    /// Serialises sealing + writing packs and flushing (see the type's comment).
-    private let packWriteLock = Mutex(())
+    /// Writes sealed packs and index files, in order, off the compressing threads.
+    private let packQueue = DispatchQueue(label: "tessera.repository.packs")
+    /// Full packs handed to `packQueue` and not yet written.
+    private let packSlots = DispatchSemaphore(value: RepositoryWriter.packsInFlight)
+    static let packsInFlight = 2
 
     init(repository: Repository, packTargetSize: Int) {
         self.repository = repository
@@ -94,16 +100,26 @@ public final class RepositoryWriter: Sendable {
                 return s.open!.byteCount >= packTargetSize
             }
             if full {
-                try packWriteLock.withLock { _ in
-                    let p = state.withLock { s -> PackBuilder? in
-                        guard let o = s.open, o.byteCount >= packTargetSize else { return nil }
-                        s.open = nil
-                        return o
+                let sealed = state.withLock { s -> PackBuilder? in
+                    guard let o = s.open, o.byteCount >= packTargetSize else { return nil }
+                    s.open = nil
+                    return o
+                }
+                if let sealed {
+                    packSlots.wait()
+                    packQueue.async { [self] in
+                        defer { packSlots.signal() }
+                        do {
+                            try checkOpen()
+                            try writePack(sealed)
+                            // Index every so often during a long backup, so a backup killed
+                            // midway still leaves its chunks findable (the next one reuses them).
+                            if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
+                        } catch {
+                            let e = (error as? RepositoryError) ?? RepositoryError(.io, "\(error)")
+                            state.withLock { s in if s.failure == nil { s.failure = e } }
+                        }
                     }
-                    if let p { try writePack(p) }
-                    // Index every so often during a long backup, so a backup killed midway
-                    // still leaves its chunks findable (the next backup reuses them).
-                    if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
                 }
             }
             return .new(storedBytes: envelope.count)
@@ -121,9 +137,12 @@ public final class RepositoryWriter: Sendable {
     /// Writes the open pack, makes every pack name durable, then writes one index file for
     /// the packs written since the last flush and adds them to the repository's index.
     public func flush() throws {
+        // Queued packs are written first (the queue is serial), then a failure in any of
+        // them closes the writer before an index could name a pack that is not there.
+        packQueue.sync {}
         try checkOpen()
         try closingOnError {
-            try packWriteLock.withLock { _ in
+            try packQueue.sync {
                 let open = state.withLock { s -> PackBuilder? in
                     defer { s.open = nil }
                     return s.open
@@ -138,7 +157,7 @@ public final class RepositoryWriter: Sendable {
     static let packsPerIndex = 32
 
     /// Makes the written packs' names durable, then lists them in a new index file and
-    /// adds them to the repository's index. Caller holds `packWriteLock`.
+    /// adds them to the repository's index. Runs on `packQueue`.
     private func indexWrittenPacks() throws {
         // Packs must be durable before any index names them.
         try store.syncPendingDirectories()
@@ -251,6 +270,7 @@ public final class RepositoryWriter: Sendable {
     /// Gives up this backup. Packs and maps already written become garbage for prune;
     /// nothing refers to them.
     public func abandon() {
+        packQueue.sync {}
         state.withLock { s in
             s.open = nil
             s.unindexed = []

@@ -7,8 +7,10 @@ struct InitCommand: ParsableCommand {
     @OptionGroup var repository: RepositoryOptions
     @Option(help: "Chunk size: a power of two from 4K to 4M (default 64K, the tracker's granularity).")
     var chunkSize: ByteCount = ByteCount(bytes: 65536)
-    @Option(help: "Compression, as zstd:LEVEL (default zstd:3).")
-    var compression: String = "zstd:3"
+    // Level 1 by default (as PBS): on 64 KiB chunks it compresses nearly as well as level 3
+    // over the whole image and costs far less CPU on the backup's critical path.
+    @Option(help: "Compression, as zstd:LEVEL (default zstd:1; higher levels trade backup CPU for space).")
+    var compression: String = "zstd:1"
 
     func run() throws {
         let parts = compression.split(separator: ":")
