@@ -41,7 +41,7 @@ public struct CheckFinding: Sendable, Equatable, Codable {
 }
 
 /// The part of one snapshot a damaged object concerns.
-public struct SnapshotDamage: Sendable, Equatable, Codable, Comparable {
+public struct SnapshotDamage: Sendable, Hashable, Codable, Comparable {
     public var snapshot: String
     public var disk: String
     /// Coalesced, sorted byte ranges of the disk; empty means the whole snapshot.
@@ -129,6 +129,8 @@ public struct CheckSummary: Sendable, Equatable, Codable {
     public var unreferencedMapPages = 0
     /// Packs no index file lists (leftovers of killed backups, or a lost index).
     public var unindexedPacks = 0
+    /// Damaged objects no snapshot depends on (garbage): counted, not findings.
+    public var unusedDamaged = 0
     /// Chunk copies set aside before this check (known damage, already healed or healing).
     public var setAsideBefore = 0
     /// Chunk copies this check set aside.

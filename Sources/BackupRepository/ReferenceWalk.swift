@@ -69,7 +69,7 @@ struct ReferenceWalk {
     func damage(ofMap map: DiskMapID) -> [SnapshotDamage] {
         records.filter { $0.diskMap == map }.map {
             SnapshotDamage(snapshot: $0.id, disk: $0.diskName, ranges: $0.diskSize == 0 ? [] : [ByteRange(offset: 0, length: $0.diskSize)])
-        }
+        }.sorted()
     }
 
     /// The snapshots whose map holds `page`, with the bytes each position of it covers.
@@ -86,7 +86,7 @@ struct ReferenceWalk {
             }
             if !ranges.isEmpty { out.append(SnapshotDamage(snapshot: r.id, disk: r.diskName, ranges: ranges.coalesced())) }
         }
-        return out
+        return out.sorted()
     }
 
     /// Maps chunks back through every disk map that references them: for each chunk, the

@@ -99,27 +99,37 @@ public enum RepositoryChecker {
         // Chunks whose damage needs mapping back through the disk maps.
         var needDamage = Set<ChunkID>()
         for r in results {
-            for e in r.lost + r.damaged.map({ $0.0 }) + r.others { needDamage.insert(e.chunk) }
+            for e in r.lost + r.damaged.map({ $0.0 }) + r.others + r.disagree { needDamage.insert(e.chunk) }
         }
         let unindexed = walk.chunks.filter { repo.location(of: $0) == nil }
         needDamage.formUnion(unindexed)
         let damage = walk.damage(ofChunks: needDamage.intersection(walk.chunks), in: repo)
         func damageOf(_ entries: [IndexEntry]) -> [SnapshotDamage] { mergeDamage(entries.compactMap { damage[$0.chunk] }) }
 
+        // Damage to objects no snapshot depends on is counted, not a finding: prune removes them.
         var toSetAside: [(chunk: ChunkID, pack: PackID, offset: UInt64)] = []
         for r in results {
             if let problem = r.problem {
-                let lostNow = !r.lost.isEmpty
-                let concerned = lostNow ? r.lost : r.others
-                findings.append(CheckFinding(kind: .pack, object: "pack \(r.id)", problem: problem, lost: lostNow,
-                                             damage: damageOf(concerned), setAside: lostNow && options.setAside))
+                let unreadable = r.lost + r.disagree
+                let concerned = unreadable.isEmpty ? r.others : unreadable
+                let d = damageOf(concerned)
+                if d.isEmpty {
+                    summary.unusedDamaged += 1
+                } else {
+                    findings.append(CheckFinding(kind: .pack, object: "pack \(r.id)", problem: problem, lost: !unreadable.isEmpty,
+                                                 damage: d, setAside: !r.lost.isEmpty && options.setAside))
+                }
                 toSetAside += r.lost.map { ($0.chunk, $0.pack, $0.offset) }
             }
             for (e, error) in r.damaged {
+                toSetAside.append((e.chunk, e.pack, e.offset))
+                guard let d = damage[e.chunk], !d.isEmpty else {
+                    summary.unusedDamaged += 1
+                    continue
+                }
                 findings.append(CheckFinding(kind: .chunk, object: "chunk \(e.chunk) in pack \(e.pack)",
                                              problem: "\(why(error)); set aside: the next backup of the disks below stores it again",
-                                             damage: damage[e.chunk] ?? [], setAside: options.setAside))
-                toSetAside.append((e.chunk, e.pack, e.offset))
+                                             damage: d, setAside: options.setAside))
             }
         }
 
@@ -176,7 +186,7 @@ public enum RepositoryChecker {
             findings.append(CheckFinding(
                 kind: .config, object: "config",
                 problem: "the config's chunk size \(repo.config.chunkSize) differs from the chunk size of \(mismatched.count) snapshots (the config was replaced?); restore the config from a copy of the repository",
-                damage: mismatched.map { SnapshotDamage(snapshot: $0.id, disk: $0.diskName, ranges: [ByteRange(offset: 0, length: $0.diskSize)]) }))
+                damage: mismatched.map { SnapshotDamage(snapshot: $0.id, disk: $0.diskName, ranges: [ByteRange(offset: 0, length: $0.diskSize)]) }.sorted()))
         }
         for (id, e) in walk.damagedRecords {
             findings.append(CheckFinding(kind: .snapshot, object: "snapshot \(id)",
@@ -217,6 +227,8 @@ public enum RepositoryChecker {
         var lost: [IndexEntry] = []
         /// Indexed chunks that read but whose pack is damaged elsewhere (trailer, hash).
         var others: [IndexEntry] = []
+        /// Indexed chunks the trailer places elsewhere (the index may point at wrong bytes).
+        var disagree: [IndexEntry] = []
         /// Indexed chunks that failed verification (read-data).
         var damaged: [(IndexEntry, RepositoryError)] = []
         var trailer: [PackEntry] = []
@@ -305,6 +317,7 @@ public enum RepositoryChecker {
                 return t.id != e.chunk || t.length != e.length
             }
             if !disagree.isEmpty {
+                r.disagree = disagree
                 problems.append("its trailer does not list \(disagree.count) chunks where the index places them (trailer or index damaged); run `tessera check --read-data`, then `tessera repair index`")
             }
         }
