@@ -161,6 +161,11 @@ public enum Pruner {
             report.packsRepacked += 1
         }
         try seal()
+        // A rerun after a killed prune writes byte-identical packs (same chunks, same order),
+        // so a new pack may carry the name of a leftover planned for deletion: it stays.
+        let newPacks = Set(written.map(\.pack))
+        drop.removeAll { newPacks.contains($0) }
+        rewritten.removeAll { newPacks.contains($0) }
         report.packsDeleted = drop.filter { !asidePacks.contains($0) }.count
         report.packsQuarantined = (drop + rewritten).filter { asidePacks.contains($0) }.count
         report.packsKept = listedPacks.count - drop.count - rewritten.count
