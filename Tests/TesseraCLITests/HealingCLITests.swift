@@ -33,7 +33,7 @@ struct HealingCLITests {
         #expect(findings.count == 1, "\(findings)", sourceLocation: sourceLocation)
         guard let f = findings.first else { return }
         #expect(f["object"] as? String == "chunk \(d.chunk) in pack \(d.pack)", sourceLocation: sourceLocation)
-        #expect(f["setAside"] as? Bool == true, sourceLocation: sourceLocation)
+        #expect(f["set_aside"] as? Bool == true, sourceLocation: sourceLocation)
         let damage = f["damage"] as? [[String: Any]] ?? []
         #expect(damage.count == 1 && damage.first?["snapshot"] as? String == snapshot, sourceLocation: sourceLocation)
         let ranges = damage.first?["ranges"] as? [[String: Any]] ?? []

@@ -49,7 +49,7 @@ struct PruneCLITests {
         #expect(try Tessera.snapshotIDs(repo: repo) == ids)
 
         let before = try Tessera.summary(try Tessera.ok(["forget", "--repo", repo, "--keep-last", "2", "--prune", "--json"]))
-        #expect((before["bytesFreed"] as? Int ?? 0) > 0)
+        #expect((before["bytes_freed"] as? Int ?? 0) > 0)
         #expect(try Tessera.snapshotIDs(repo: repo) == Array(ids.suffix(2)))
         try Self.verify(repo: repo, expected: expected, scratch: dir.path)
     }

@@ -69,8 +69,8 @@ struct CheckCommand: ParsableCommand {
         }
         bar.finish()
         if json {
-            for f in report.findings { Output.json(FindingLine(finding: f)) }
-            Output.json(SummaryLine(clean: report.isClean, summary: report.summary))
+            for f in report.findings { printJSONLine(FindingLine(finding: f)) }
+            printJSONLine(SummaryLine(clean: report.isClean, summary: report.summary))
         } else {
             for f in report.findings { print(Self.describe(f)) }
             let s = report.summary
@@ -96,6 +96,14 @@ struct CheckCommand: ParsableCommand {
         }
         return lines.joined(separator: "\n")
     }
+}
+
+/// One JSON line with snake_case keys, like the other commands' output (`chunks_new`).
+func printJSONLine(_ value: some Encodable) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    encoder.keyEncodingStrategy = .convertToSnakeCase
+    if let data = try? encoder.encode(value), let line = String(data: data, encoding: .utf8) { print(line) }
 }
 
 /// A dynamic JSON key, to add `type` to an encoded value.

@@ -49,7 +49,7 @@ struct PruneCommand: ParsableCommand {
     }
 
     static func print(_ r: PruneReport, json: Bool) {
-        if json { Output.json(ReportLine(report: r)); return }
+        if json { printJSONLine(ReportLine(report: r)); return }
         let verb = r.dryRun ? "would free" : "freed"
         Swift.print("\(r.snapshots) snapshots reference \(r.chunksLive) chunks")
         Swift.print("packs: \(r.packsKept) kept, \(r.packsDeleted) deleted, \(r.packsRepacked) rewritten into \(r.packsWritten) (\(r.chunksMoved) chunks moved), \(r.packsQuarantined) with damaged chunks moved to quarantine")

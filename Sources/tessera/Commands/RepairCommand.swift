@@ -24,7 +24,7 @@ struct RepairCommand: ParsableCommand {
                 defer { lock.release() }
                 return try RepositoryRepair.rebuildIndex(lock.repository, log: { Output.error($0) })
             }
-            if json { Output.json(report); return }
+            if json { printJSONLine(report); return }
             print("indexed \(report.chunksIndexed) chunks from \(report.packs) packs (\(report.packsWalked) walked past a damaged trailer, \(report.chunksSkipped) damaged copies left out)")
             print("wrote \(report.indexFilesWritten) index file, deleted \(report.indexFilesDeleted) old ones")
         }
@@ -55,10 +55,10 @@ struct RepairCommand: ParsableCommand {
             }
             if json {
                 for d in damaged {
-                    Output.json(Line(snapshot: d.snapshot, disk: d.disk, lost: d.lost.map { Range(offset: $0.offset, length: $0.length) },
+                    printJSONLine(Line(snapshot: d.snapshot, disk: d.disk, lost: d.lost.map { Range(offset: $0.offset, length: $0.length) },
                                      whole: d.lost.isEmpty, causes: d.causes))
                 }
-                Output.json(Summary(damaged: damaged.count, forgotten: forget ? damaged.count : 0))
+                printJSONLine(Summary(damaged: damaged.count, forgotten: forget ? damaged.count : 0))
             } else {
                 for d in damaged {
                     let what = d.lost.isEmpty ? "the whole snapshot" : "\(Output.bytes(d.lost.totalLength)) in \(d.lost.count) ranges: "
