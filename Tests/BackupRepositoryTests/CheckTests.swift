@@ -117,6 +117,45 @@ struct CheckTests {
         #expect(all.unreferencedPacks == 0 && all.unreferencedDiskMaps == 0 && all.setAsideNow == 0)
     }
 
+    @Test func theFrozenV1FixtureChecksClean() throws {
+        let dir = try TemporaryDirectory("check-fixture")
+        try FileManager.default.copyItem(atPath: BuiltProducts.fixtures + "/repository-v1", toPath: dir.path + "/repo")
+        let r = try RepositoryChecker.check(path: dir.path + "/repo", options: CheckOptions(readData: .all, setAside: false))
+        #expect(r.isClean, "\(r.findings)")
+        #expect(r.summary.snapshots > 0 && r.summary.chunksRead > 0)
+    }
+
+    /// No false alarms on a busier repository: shared chunks across disks, duplicate copies
+    /// stored by two writers at once, a healed set-aside copy, garbage from an abandoned writer.
+    @Test func noFalseAlarmsOnDuplicatesSharedChunksAndHealedCopies() throws {
+        let dir = try TemporaryDirectory("check-busy")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        var disk = TestDisk.random(seed: 63, size: 4096 * 40, chunkSize: 4096, zeroShare: 20)
+        // Two writers store the same chunks: two copies of each in different packs.
+        let w1 = try repo.makeWriter(packTargetSize: 16 << 10), w2 = try repo.makeWriter(packTargetSize: 16 << 10)
+        for i in 0..<disk.chunkCount {
+            for w in [w1, w2] { _ = try disk.chunk(i).withUnsafeBytes { try w.store(chunk: $0, id: XXH3.hash128($0)) } }
+        }
+        try w1.flush()
+        try w2.flush()
+        _ = try backup(disk, into: repo, name: "a")
+        disk.scribble(chunk: 3, seed: 5)
+        _ = try backup(disk, into: repo, name: "b")
+        // A copy set aside, then healed by the next backup.
+        let victim = disk.chunk(7).withUnsafeBytes { XXH3.hash128($0) }
+        try repo.setChunkAside(victim, reason: "test")
+        _ = try backup(disk, into: try Repository.open(at: dir.path), name: "a")
+        let garbage = try repo.makeWriter(packTargetSize: 4096)
+        _ = try TestDisk.random(seed: 64, size: 4096 * 4, chunkSize: 4096, zeroShare: 0).bytes.withUnsafeBytes { b in
+            try garbage.store(chunk: UnsafeRawBufferPointer(rebasing: b[0..<4096]), id: XXH3.hash128(UnsafeRawBufferPointer(rebasing: b[0..<4096])))
+        }
+        try garbage.flush()
+        let r = try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all))
+        #expect(r.isClean, "\(r.findings)")
+        #expect(r.summary.unreferencedPacks >= 1 && r.summary.setAsideBefore == 1 && r.summary.setAsideNow == 0)
+        #expect(try verifyAllSnapshots(at: dir.path) == 3)
+    }
+
     @Test func slicesAreDisjointAndCoverEveryPack() {
         var g = SeededGenerator(seed: 7)
         let packs = (0..<500).map { _ in Digest128(high: g.next(), low: g.next()) }
