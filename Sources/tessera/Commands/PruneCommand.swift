@@ -34,6 +34,8 @@ struct PruneCommand: ParsableCommand {
     static func prune(path: String, threshold: Double, dryRun: Bool, wait: Double, json: Bool) throws -> PruneReport {
         let lock = try MaintenanceLock(path: path, kind: .exclusive, wait: wait)
         defer { lock.release() }
+        // Lock files of dead processes (a killed backup or prune) go too; nobody else holds a lock now.
+        if !dryRun { _ = try? lock.repository.removeStaleLocks() }
         return try Pruner.prune(lock.repository, options: PruneOptions(repackThreshold: threshold, dryRun: dryRun),
                                 log: { message in json ? Output.json(["type": "note", "message": message]) : Output.error(message) })
     }
