@@ -61,7 +61,7 @@ struct PruneCLITests {
         let expected = try Self.nightly(repo: base.file("repo"), source: base.file("disk.raw"), nights: 10, seed: 92)
         try Tessera.ok(["forget", "--repo", base.file("repo"), "--keep-last", "3"])
         var g = SeededGenerator(seed: 93)
-        let rounds = ProcessInfo.processInfo.environment["TESSERA_LONG"] == "1" ? 40 : 6
+        let rounds = ProcessInfo.processInfo.environment["TESSERA_LONG"] == "1" ? 40 : 10
         for round in 0..<rounds {
             let dir = try TemporaryDirectory("cli-prune-kill")
             let repo = dir.file("repo")
@@ -71,7 +71,8 @@ struct PruneCLITests {
             prune.arguments = ["prune", "--repo", repo]
             prune.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
             prune.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            let delay = UInt32(g.next() % 120_000)
+            // Startup takes a few tens of ms and a small prune under a hundred: most kills land mid-prune.
+            let delay = UInt32(20_000 + g.next() % 100_000)
             try prune.run()
             usleep(delay)
             kill(prune.processIdentifier, SIGKILL)
