@@ -63,10 +63,12 @@ public enum RepositoryChecker {
     public static func check(_ repo: Repository, options: CheckOptions = CheckOptions(),
                              progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
         let started = Date()
-        try repo.reloadIndex()
         var summary = CheckSummary()
         var findings: [CheckFinding] = []
         let walk = try ReferenceWalk.walk(repo)
+        // After the walk: a backup running beside check indexes its chunks before it commits
+        // its record, so every chunk of every snapshot walked is in the index loaded now.
+        try repo.reloadIndex()
         summary.snapshots = walk.records.count + walk.damagedRecords.count
         summary.diskMaps = walk.maps.count
         summary.mapPages = walk.pages.count
