@@ -288,4 +288,33 @@ public final class LocalObjectStore: ObjectStore {
             return to
         }
     }
+
+    // MARK: - Leftovers
+
+    /// Temp files (`<name>.tmp-<pid>-<rand>`) left by killed writers, as paths relative to
+    /// the root. Lock files are not included: a locker racing prune may be writing one.
+    public func leftovers() throws -> [String] {
+        var dirs = ["index", "snapshots", "quarantine/chunks", "."]
+        for top in ["packs", "maps"] {
+            dirs += try entries(of: "\(root)/\(top)").filter { $0.utf8.count == 2 && isHexName($0) }.map { "\(top)/\($0)" }
+        }
+        var out: [String] = []
+        for d in dirs {
+            for name in try entries(of: "\(root)/\(d)") where name.contains(".tmp-") {
+                out.append(d == "." ? name : "\(d)/\(name)")
+            }
+        }
+        return out.sorted()
+    }
+
+    public func removeLeftover(_ name: String) throws {
+        guard name.contains(".tmp-"), !name.contains("..") else {
+            throw RepositoryError(.invalidArgument, "\(name) is not a leftover temp file")
+        }
+        let p = "\(root)/\(name)"
+        if unlink(p) != 0 && errno != ENOENT {
+            throw RepositoryError(.io, "could not delete leftover \(p): \(Errno(rawValue: errno))")
+        }
+        pendingDirectories.withLock { $0[DurableFile.parentDirectory(of: p)] = .pack }
+    }
 }

@@ -87,8 +87,19 @@ public protocol ObjectStore: Sendable {
     /// Moves a damaged object aside (out of every listing) so a later write of the same
     /// content can heal the repository. Returns where it went (for reports).
     func quarantine(_ key: ObjectKey) throws -> String
+    /// Leftovers of killed writers (temp files) that `list` never shows, for prune.
+    func leftovers() throws -> [String]
+    /// Removes one leftover named by `leftovers()`.
+    func removeLeftover(_ name: String) throws
 }
 
 extension ObjectStore {
     public func list(_ kind: ObjectKind) throws -> [ObjectKey] { try list(kind, prefix: "") }
+
+    /// Leftovers of killed writers (temp files), which `list` never shows. Stores that
+    /// cannot have any return none.
+    public func leftovers() throws -> [String] { [] }
+
+    /// Removes one leftover named by `leftovers()`.
+    public func removeLeftover(_ name: String) throws {}
 }

@@ -1,0 +1,382 @@
+import BlockIO
+import Codecs
+import Dispatch
+import Foundation
+import Synchronization
+
+/// What `check` does besides proving structure.
+public struct CheckOptions: Sendable {
+    /// Which packs are read whole, every chunk in them decompressed and re-hashed.
+    public var readData: DataSelection = .none
+    /// Set damaged or lost chunk copies aside (the next backup stores them again).
+    public var setAside = true
+    /// Packs checked at once.
+    public var workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    public init(readData: DataSelection = .none, setAside: Bool = true) {
+        self.readData = readData
+        self.setAside = setAside
+    }
+}
+
+/// `check`: proves a repository's structure (every snapshot record, disk map and map page
+/// reads; every chunk a map names is indexed, its pack exists and the pack's trailer lists
+/// it) and, with `readData`, reads packs whole and re-hashes every chunk in them.
+///
+/// Findings are values, each naming the object and the snapshots and disk byte ranges it
+/// damages; the checker throws only when the repository cannot be listed at all.
+/// Packs are checked in parallel, each pack read sequentially in one piece.
+public enum RepositoryChecker {
+    /// The result of a check: findings (empty when clean) and counts.
+    public struct Report: Sendable {
+        public var findings: [CheckFinding]
+        public var summary: CheckSummary
+        public var isClean: Bool { findings.isEmpty }
+    }
+
+    /// Checks the repository at `path`. A damaged or missing config is a finding (the
+    /// check cannot go further without it); a directory that is no repository at all throws.
+    public static func check(path: String, options: CheckOptions = CheckOptions(),
+                             progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
+        let started = Date()
+        do {
+            let repo = try Repository.open(at: path)
+            return try check(repo, options: options, progress: progress)
+        } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
+            let store = LocalObjectStore(root: path)
+            // No config and no repository layout either: this is not a repository.
+            if e.code == .notARepository && (!DurableFile.exists("\(path)/snapshots") || !DurableFile.exists("\(path)/packs")) { throw e }
+            let ids = (try? store.list(.snapshot).map(\.name)) ?? []
+            let what = e.code == .damaged ? e.message : "the config file is missing but the directory holds a repository's objects"
+            let finding = CheckFinding(kind: .config, object: "config",
+                                       problem: "\(what); restore the config from a copy of the repository: nothing can be read without it",
+                                       damage: ids.map { SnapshotDamage(snapshot: $0, disk: "?", ranges: []) })
+            var summary = CheckSummary()
+            summary.snapshots = ids.count
+            summary.findings = 1
+            summary.seconds = Date().timeIntervalSince(started)
+            return Report(findings: [finding], summary: summary)
+        }
+    }
+
+    /// Checks an open repository.
+    public static func check(_ repo: Repository, options: CheckOptions = CheckOptions(),
+                             progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
+        let started = Date()
+        var summary = CheckSummary()
+        var findings: [CheckFinding] = []
+        let walk = try ReferenceWalk.walk(repo)
+        // After the walk: a backup running beside check indexes its chunks before it commits
+        // its record, so every chunk of every snapshot walked is in the index loaded now.
+        try repo.reloadIndex()
+        summary.snapshots = walk.records.count + walk.damagedRecords.count
+        summary.diskMaps = walk.maps.count
+        summary.mapPages = walk.pages.count
+        summary.chunksReferenced = walk.chunks.count
+
+        findings += structureFindings(repo, walk)
+
+        // Packs: every listed pack's trailer, every indexed pack's existence, and the data.
+        let aside = try repo.setAsideList()
+        summary.setAsideBefore = aside.count
+        let packsWithAside = Set(aside.map(\.pack))
+        let listed = Set(try repo.store.list(.pack).compactMap { Digest128(hex: $0.name) })
+        let primary = try repo.primaryEntriesByPack()
+        let all = listed.union(primary.keys).sorted()
+        summary.packs = listed.count
+        summary.indexFiles = try repo.store.list(.index).count
+        let results = checkPacks(repo, all, listed: listed, primary: primary, packsWithAside: packsWithAside,
+                                 options: options, progress: progress)
+        for r in results where r.read {
+            summary.packsRead += 1
+            summary.chunksRead += r.chunksRead
+            summary.bytesRead += r.size
+        }
+        summary.unindexedPacks = listed.subtracting(primary.keys).count
+        summary.unreferencedPacks = listed.filter { p in !(primary[p] ?? []).contains { walk.chunks.contains($0.chunk) } }.count
+        let liveMaps = Set(walk.maps.keys), livePages = Set(walk.pages.keys)
+        summary.unreferencedDiskMaps = try repo.store.list(.diskMap).filter { Digest128(hex: $0.name).map { !liveMaps.contains($0) } ?? true }.count
+        summary.unreferencedMapPages = try repo.store.list(.mapPage).filter { Digest128(hex: $0.name).map { !livePages.contains($0) } ?? true }.count
+
+        // Chunks whose damage needs mapping back through the disk maps.
+        var needDamage = Set<ChunkID>()
+        for r in results {
+            for e in r.lost + r.damaged.map({ $0.0 }) + r.others + r.disagree { needDamage.insert(e.chunk) }
+        }
+        let unindexed = walk.chunks.filter { repo.location(of: $0) == nil }
+        needDamage.formUnion(unindexed)
+        let damage = walk.damage(ofChunks: needDamage.intersection(walk.chunks), in: repo)
+        func damageOf(_ entries: [IndexEntry]) -> [SnapshotDamage] { mergeDamage(entries.compactMap { damage[$0.chunk] }) }
+
+        // Damage to objects no snapshot depends on is counted, not a finding: prune removes them.
+        var toSetAside: [(chunk: ChunkID, pack: PackID, offset: UInt64)] = []
+        for r in results {
+            if let problem = r.problem {
+                let unreadable = r.lost + r.disagree
+                let concerned = unreadable.isEmpty ? r.others : unreadable
+                let d = damageOf(concerned)
+                if d.isEmpty {
+                    summary.unusedDamaged += 1
+                } else {
+                    findings.append(CheckFinding(kind: .pack, object: "pack \(r.id)", problem: problem, lost: !unreadable.isEmpty,
+                                                 damage: d, setAside: !r.lost.isEmpty && options.setAside))
+                }
+                toSetAside += r.lost.map { ($0.chunk, $0.pack, $0.offset) }
+            }
+            for (e, error) in r.damaged {
+                toSetAside.append((e.chunk, e.pack, e.offset))
+                guard let d = damage[e.chunk], !d.isEmpty else {
+                    summary.unusedDamaged += 1
+                    continue
+                }
+                findings.append(CheckFinding(kind: .chunk, object: "chunk \(e.chunk) in pack \(e.pack)",
+                                             problem: "\(why(error)); set aside: the next backup of the disks below stores it again",
+                                             damage: d, setAside: options.setAside))
+            }
+        }
+
+        // Referenced chunks that no index lists.
+        if !unindexed.isEmpty {
+            let asideChunks = Set(aside.map(\.chunk))
+            var inTrailers: [ChunkID: PackID] = [:]
+            for r in results { for e in r.trailer where unindexed.contains(e.id) { inTrailers[e.id] = r.id } }
+            let findable = unindexed.filter { inTrailers[$0] != nil && !asideChunks.contains($0) }
+            let damagedIndex = repo.damagedIndexFiles.keys.sorted()
+            if !findable.isEmpty && damagedIndex.isEmpty {
+                let packs = Set(findable.compactMap { inTrailers[$0] }).count
+                findings.append(CheckFinding(kind: .index, object: "index",
+                                             problem: "\(findable.count) chunks that snapshots need are in \(packs) packs but in no index file (an index file was lost); run `tessera repair index`",
+                                             damage: mergeDamage(findable.compactMap { damage[$0] })))
+            }
+            for name in damagedIndex {
+                let why = repo.damagedIndexFiles[name].map(why) ?? "damaged"
+                findings.append(CheckFinding(kind: .index, object: "index file \(name)",
+                                             problem: "\(why); its chunks are still in their packs: run `tessera repair index`",
+                                             damage: mergeDamage(findable.compactMap { damage[$0] })))
+            }
+            for c in unindexed.sorted() where !findable.contains(c) {
+                let problem = asideChunks.contains(c)
+                    ? "its only copy was set aside as damaged; the next backup of the disks below stores it again (healing), or `tessera repair snapshots` lists what is lost"
+                    : "missing: no index file and no pack holds it; the next backup of the disks below stores it again if the disk still holds it"
+                findings.append(CheckFinding(kind: .chunk, object: "chunk \(c)", problem: problem, damage: damage[c] ?? []))
+            }
+        } else {
+            for name in repo.damagedIndexFiles.keys.sorted() {
+                let why = repo.damagedIndexFiles[name].map(why) ?? "damaged"
+                findings.append(CheckFinding(kind: .index, object: "index file \(name)",
+                                             problem: "\(why); every chunk it listed is indexed elsewhere too: run `tessera repair index` to replace it",
+                                             lost: false))
+            }
+        }
+
+        if options.setAside && !toSetAside.isEmpty {
+            try repo.setChunksAside(toSetAside, reason: "check: damaged or lost")
+            summary.setAsideNow = toSetAside.count
+        }
+        findings.sort { ($0.kind.rawValue, $0.object) < ($1.kind.rawValue, $1.object) }
+        summary.findings = findings.count
+        summary.seconds = Date().timeIntervalSince(started)
+        return Report(findings: findings, summary: summary)
+    }
+
+    // MARK: - Structure: config, records, maps, pages
+
+    private static func structureFindings(_ repo: Repository, _ walk: ReferenceWalk) -> [CheckFinding] {
+        var findings: [CheckFinding] = []
+        let mismatched = walk.records.filter { $0.chunkSize != repo.config.chunkSize }
+        if !mismatched.isEmpty {
+            findings.append(CheckFinding(
+                kind: .config, object: "config",
+                problem: "the config's chunk size \(repo.config.chunkSize) differs from the chunk size of \(mismatched.count) snapshots (the config was replaced?); restore the config from a copy of the repository",
+                damage: mismatched.map { SnapshotDamage(snapshot: $0.id, disk: $0.diskName, ranges: [ByteRange(offset: 0, length: $0.diskSize)]) }.sorted()))
+        }
+        for (id, e) in walk.damagedRecords {
+            findings.append(CheckFinding(kind: .snapshot, object: "snapshot \(id)",
+                                         problem: "\(why(e)); the snapshot cannot be restored: `tessera repair snapshots --forget` removes it",
+                                         damage: [SnapshotDamage(snapshot: id, disk: "?", ranges: [])]))
+        }
+        for r in walk.records {
+            guard case .success(let info)? = walk.maps[r.diskMap] else { continue }
+            if info.header.diskSize != r.diskSize || info.header.chunkSize != r.chunkSize {
+                findings.append(CheckFinding(kind: .snapshot, object: "snapshot \(r.id)",
+                                             problem: "the record says disk size \(r.diskSize) and chunk size \(r.chunkSize), its disk map \(r.diskMap.short)… says \(info.header.diskSize) and \(info.header.chunkSize)",
+                                             damage: [SnapshotDamage(snapshot: r.id, disk: r.diskName, ranges: [])]))
+            }
+        }
+        for (id, state) in walk.maps.sorted(by: { $0.key < $1.key }) {
+            guard case .failure(let e) = state else { continue }
+            findings.append(CheckFinding(kind: .diskMap, object: "disk map \(id)",
+                                         problem: "\(why(e)); the snapshots below cannot be restored",
+                                         damage: walk.damage(ofMap: id)))
+        }
+        for (id, state) in walk.pages.sorted(by: { $0.key < $1.key }) {
+            guard case .failure(let e) = state else { continue }
+            findings.append(CheckFinding(kind: .mapPage, object: "map page \(id)",
+                                         problem: "\(why(e)); the ranges below cannot be restored",
+                                         damage: walk.damage(ofPage: id)))
+        }
+        return findings
+    }
+
+    // MARK: - Packs
+
+    struct PackResult: Sendable {
+        var id: PackID
+        var size: UInt64 = 0
+        /// What is wrong with the pack as a whole (missing, truncated, trailer, hash), if anything.
+        var problem: String?
+        /// Indexed chunks that cannot be read at all (pack missing, past its end).
+        var lost: [IndexEntry] = []
+        /// Indexed chunks that read but whose pack is damaged elsewhere (trailer, hash).
+        var others: [IndexEntry] = []
+        /// Indexed chunks the trailer places elsewhere (the index may point at wrong bytes).
+        var disagree: [IndexEntry] = []
+        /// Indexed chunks that failed verification (read-data).
+        var damaged: [(IndexEntry, RepositoryError)] = []
+        var trailer: [PackEntry] = []
+        var read = false
+        var chunksRead = 0
+    }
+
+    private static func checkPacks(_ repo: Repository, _ packs: [PackID], listed: Set<PackID>, primary: [PackID: [IndexEntry]],
+                                   packsWithAside: Set<PackID>, options: CheckOptions,
+                                   progress: @escaping @Sendable (CheckProgress) -> Void) -> [PackResult] {
+        let sizes = packs.map { listed.contains($0) ? (try? repo.store.size(ObjectKey(.pack, $0.hex))) ?? 0 : 0 }
+        let total = zip(packs, sizes).reduce(UInt64(0)) { $0 + (options.readData.selects($1.0) ? $1.1 : 0) }
+        let next = Atomic<Int>(0)
+        let done = Mutex<(packs: Int, bytes: UInt64)>((0, 0))
+        let results = Mutex<[PackResult]>([])
+        let workers = min(options.workers, max(packs.count, 1))
+        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+            var buffer = [UInt8](repeating: 0, count: repo.config.chunkSize)
+            while true {
+                let i = next.add(1, ordering: .relaxed).oldValue
+                guard i < packs.count else { return }
+                let id = packs[i]
+                let r = checkPack(repo, id, exists: listed.contains(id), entries: primary[id] ?? [], readData: options.readData.selects(id),
+                                  hasAside: packsWithAside.contains(id), buffer: &buffer)
+                results.withLock { $0.append(r) }
+                let p = done.withLock { d -> CheckProgress in
+                    d.packs += 1
+                    if r.read { d.bytes += r.size }
+                    return CheckProgress(packsDone: d.packs, packsTotal: packs.count, bytesDone: d.bytes, bytesTotal: total)
+                }
+                progress(p)
+            }
+        }
+        return results.withLock { $0 }.sorted { $0.id < $1.id }
+    }
+
+    private static func checkPack(_ repo: Repository, _ id: PackID, exists: Bool, entries: [IndexEntry], readData: Bool,
+                                  hasAside: Bool, buffer: inout [UInt8]) -> PackResult {
+        var r = PackResult(id: id)
+        guard exists else {
+            r.problem = "missing (the index lists \(entries.count) chunks in it); the chunks are set aside so the next backup stores them again"
+            r.lost = entries
+            return r
+        }
+        let key = ObjectKey(.pack, id.hex)
+        var bytes: [UInt8] = []
+        do {
+            r.size = try repo.store.size(key)
+            if readData {
+                bytes = try repo.store.get(key)
+                r.read = true
+                r.size = UInt64(bytes.count)
+            }
+        } catch let e as RepositoryError {
+            r.problem = "cannot be read (\(e.message)); check the storage"
+            r.lost = entries
+            return r
+        } catch {
+            r.problem = "cannot be read (\(error)); check the storage"
+            r.lost = entries
+            return r
+        }
+        var problems: [String] = []
+        r.lost = entries.filter { $0.offset + UInt64($0.length) > r.size }
+        if !r.lost.isEmpty {
+            problems.append("truncated to \(r.size) bytes: \(r.lost.count) indexed chunks lie past its end and are set aside")
+        }
+        do {
+            if readData {
+                r.trailer = try trailer(fromWhole: bytes, id: id)
+            } else {
+                r.trailer = try PackScan.trailer(of: id, size: r.size, in: repo.store)
+            }
+        } catch let e as RepositoryError {
+            if r.lost.isEmpty {
+                problems.append("its trailer is damaged (\(why(e))); its chunks still read, but an index rebuild could not find them: run `tessera prune` to rewrite it")
+            }
+        } catch {
+            problems.append("its trailer cannot be read: \(error)")
+        }
+        let readable = entries.filter { $0.offset + UInt64($0.length) <= r.size }
+        if !r.trailer.isEmpty || (problems.isEmpty && !entries.isEmpty) {
+            let listedAt = Dictionary(r.trailer.map { ($0.offset, $0) }, uniquingKeysWith: { a, _ in a })
+            let disagree = readable.filter { e in
+                guard let t = listedAt[e.offset] else { return true }
+                return t.id != e.chunk || t.length != e.length
+            }
+            if !disagree.isEmpty {
+                r.disagree = disagree
+                problems.append("its trailer does not list \(disagree.count) chunks where the index places them (trailer or index damaged); run `tessera check --read-data`, then `tessera repair index`")
+            }
+        }
+        if readData {
+            for e in readable {
+                do {
+                    _ = try buffer.withUnsafeMutableBytes { buf in
+                        try repo.codecs.withDecompressor { d in
+                            try ObjectEnvelope.decode(.chunk, bytes, at: Int(e.offset), expectedID: e.chunk,
+                                                      object: "chunk \(e.chunk) in pack \(id)", into: buf, decompressor: d)
+                        }
+                    }
+                    r.chunksRead += 1
+                } catch let error as RepositoryError {
+                    r.damaged.append((e, error))
+                } catch {
+                    r.damaged.append((e, RepositoryError(.damaged, "\(error)")))
+                }
+            }
+            // Damage outside every chunk (pack header, padding) shows only in the pack's hash.
+            // Known damage (set-aside copies, damaged chunks) already explains a mismatch.
+            if problems.isEmpty && r.damaged.isEmpty && !hasAside && XXH3.hash128(bytes) != id {
+                problems.append("the file does not hash to its name (damaged outside its chunks, or swapped with another pack); its chunks verify: run `tessera prune` to rewrite it")
+            }
+        }
+        if !problems.isEmpty {
+            r.problem = problems.joined(separator: "; ")
+            if r.lost.isEmpty { r.others = entries }
+        }
+        return r
+    }
+
+    /// The reason inside a `RepositoryError.damaged` message, without its advice.
+    static func why(_ e: RepositoryError) -> String {
+        var m = e.message
+        if let r = m.range(of: "; run `") { m = String(m[..<r.lowerBound]) }
+        if let object = e.object, m.hasPrefix("\(object) is damaged: ") { m = "damaged: " + m.dropFirst(object.count + 14) }
+        return m
+    }
+
+    /// The trailer parsed out of a whole pack's bytes.
+    private static func trailer(fromWhole bytes: [UInt8], id: PackID) throws -> [PackEntry] {
+        let object = "pack \(id)"
+        guard bytes.count >= PackFile.headerSize + PackFile.footerSize else {
+            throw RepositoryError.damaged(object, "only \(bytes.count) bytes long (truncated)")
+        }
+        var f = ByteReader(bytes, offset: bytes.count - PackFile.footerSize)
+        let trailerOffset: UInt64
+        do {
+            trailerOffset = try f.u64()
+            guard try f.expect("TPAKEND1") else { throw RepositoryError.damaged(object, "footer magic missing (truncated?)") }
+        } catch is ShortData {
+            throw RepositoryError.damaged(object, "footer truncated")
+        }
+        guard trailerOffset >= UInt64(PackFile.headerSize), trailerOffset <= UInt64(bytes.count - PackFile.footerSize) else {
+            throw RepositoryError.damaged(object, "trailer offset \(trailerOffset) out of range")
+        }
+        return try PackScan.parseTrailer(Array(bytes[Int(trailerOffset)...]), trailerOffset: trailerOffset, object: object)
+    }
+}

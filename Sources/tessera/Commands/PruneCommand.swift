@@ -1,0 +1,90 @@
+import ArgumentParser
+import BackupRepository
+import Foundation
+import Synchronization
+
+struct PruneCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prune",
+        abstract: "Delete data no snapshot references; rewrite packs that are mostly garbage.",
+        discussion: """
+            Takes the exclusive lock: it never runs while a backup holds its shared lock (it fails \
+            with "locked", exit 11, unless --wait gives it time). It can be killed at any point \
+            and run again; it never deletes a chunk a committed snapshot needs.
+            Exit codes: 0 ok, 1 failed, 10 no repository, 11 locked.
+            """)
+    @OptionGroup var repository: RepositoryOptions
+    @Option(help: "Rewrite a pack when at least this percentage of it is garbage.") var repackThreshold: Double = 20
+    @Option(help: "Seconds to keep retrying while another process holds the repository.") var wait: Double = 0
+    @Flag(help: "Show what would be deleted, delete nothing.") var dryRun = false
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func validate() throws {
+        guard (0...100).contains(repackThreshold) else { throw ValidationError("--repack-threshold is a percentage from 0 to 100") }
+        guard wait >= 0 else { throw ValidationError("--wait is a number of seconds, 0 or more") }
+    }
+
+    func run() throws {
+        let report = try reportingErrors(json: json) {
+            try Self.prune(path: repository.path, threshold: repackThreshold / 100, dryRun: dryRun, wait: wait, json: json)
+        }
+        Self.print(report, json: json)
+    }
+
+    static func prune(path: String, threshold: Double, dryRun: Bool, wait: Double, json: Bool) throws -> PruneReport {
+        let lock = try MaintenanceLock(path: path, kind: .exclusive, wait: wait)
+        defer { lock.release() }
+        // Lock files of dead processes (a killed backup or prune) go too; nobody else holds a lock now.
+        if !dryRun { _ = try? lock.repository.removeStaleLocks() }
+        return try Pruner.prune(lock.repository, options: PruneOptions(repackThreshold: threshold, dryRun: dryRun),
+                                log: { message in json ? Output.json(["type": "note", "message": message]) : Output.error(message) })
+    }
+
+    struct ReportLine: Encodable {
+        var report: PruneReport
+        func encode(to encoder: any Encoder) throws {
+            try report.encode(to: encoder)
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode("prune", forKey: Key(stringValue: "type")!)
+            try c.encode(report.bytesFreed, forKey: Key(stringValue: "bytesFreed")!)
+        }
+    }
+
+    static func print(_ r: PruneReport, json: Bool) {
+        if json { printJSONLine(ReportLine(report: r)); return }
+        let verb = r.dryRun ? "would free" : "freed"
+        Swift.print("\(r.snapshots) snapshots reference \(r.chunksLive) chunks")
+        Swift.print("packs: \(r.packsKept) kept, \(r.packsDeleted) deleted, \(r.packsRepacked) rewritten into \(r.packsWritten) (\(r.chunksMoved) chunks moved), \(r.packsQuarantined) with damaged chunks moved to quarantine")
+        Swift.print("index files: \(r.indexFilesDeleted) replaced by \(r.indexFilesWritten); disk maps deleted: \(r.diskMapsDeleted); map pages deleted: \(r.mapPagesDeleted); leftovers deleted: \(r.leftoversDeleted)")
+        Swift.print("\(verb) \(Output.bytes(r.bytesFreed)) (\(Output.bytes(r.bytesBefore)) before) in \(String(format: "%.2f", r.seconds))s")
+    }
+}
+
+/// A repository opened under a lock that is refreshed in the background (so a long prune
+/// or check never looks stale) and released once.
+final class MaintenanceLock: Sendable {
+    let repository: Repository
+    private let lock: RepositoryLock
+    private let stopped = Atomic<Bool>(false)
+
+    init(path: String, kind: LockKind, wait: Double) throws {
+        repository = try Repository.open(at: path)
+        lock = try repository.lock(kind, wait: wait)
+        Thread { [self] in
+            var waited = 0.0
+            while !self.stopped.load(ordering: .relaxed) {
+                Thread.sleep(forTimeInterval: 1)
+                waited += 1
+                if waited >= 300 {
+                    waited = 0
+                    try? self.lock.refresh()
+                }
+            }
+        }.start()
+    }
+
+    func release() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        try? lock.release()
+    }
+}

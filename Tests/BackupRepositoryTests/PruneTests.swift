@@ -1,0 +1,142 @@
+@testable import BackupRepository
+import Codecs
+import Foundation
+import Testing
+import TestSupport
+
+/// Prune: after forget + prune every remaining snapshot restores byte-identical, check is
+/// clean and space was freed; a fault at any write step leaves a repository that a rerun
+/// finishes; prune refuses when it cannot tell what is live.
+struct PruneTests {
+    /// Eight nightly snapshots of one evolving disk in small packs, plus the garbage of a
+    /// killed backup (packs no index names) and a leftover temp file.
+    static func makeRepository(at path: String) throws -> [SnapshotRecord] {
+        let repo = try Repository.initialize(at: path, chunkSize: 4096)
+        var disk = TestDisk.random(seed: 71, size: 4096 * 48, chunkSize: 4096, zeroShare: 10)
+        var records: [SnapshotRecord] = []
+        for night in 0..<8 {
+            for k in 0..<6 { disk.scribble(chunk: (night * 7 + k * 5) % disk.chunkCount, seed: UInt64(night * 100 + k)) }
+            records.append(try backup(disk, into: repo, packTargetSize: 24 << 10, time: Date(timeIntervalSince1970: 1_700_000_000 + Double(night) * 86400)))
+        }
+        // A killed backup: packs written, never indexed, no snapshot.
+        let writer = try repo.makeWriter(packTargetSize: 8 << 10)
+        var g = SeededGenerator(seed: 99)
+        for _ in 0..<6 {
+            let c = g.bytes(4096)
+            _ = try c.withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) }
+        }
+        writer.abandon()
+        let store = LocalObjectStore(root: path)
+        let pack = try #require(try store.list(.pack).first)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: store.path(of: pack) + ".tmp-999999-1"))
+        return records
+    }
+
+    @Test func forgetThenPruneFreesSpaceAndEveryRemainingSnapshotRestores() throws {
+        let dir = try TemporaryDirectory("prune")
+        let records = try Self.makeRepository(at: dir.path)
+        let repo = try Repository.open(at: dir.path)
+        let before = try RepositoryChecker.check(repo, options: CheckOptions(readData: .all))
+        #expect(before.isClean && before.summary.unindexedPacks > 0)
+
+        let decisions = try Retention.forget(RetentionPolicy(keepLast: 3), in: repo)
+        #expect(decisions.filter(\.keep).map(\.snapshot.id) == records.suffix(3).reversed().map(\.id))
+        let report = try Pruner.prune(repo)
+        #expect(report.bytesFreed > 0 && report.packsDeleted > 0 && report.diskMapsDeleted == 5 && report.leftoversDeleted == 1)
+        #expect(try verifyAllSnapshots(at: dir.path) == 3)
+        let after = try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all))
+        #expect(after.isClean, "\(after.findings)")
+        #expect(after.summary.unreferencedPacks == 0 && after.summary.unreferencedDiskMaps == 0 && after.summary.unreferencedMapPages == 0)
+        #expect(after.summary.unindexedPacks == 0 && after.summary.indexFiles == 1)
+        #expect(try LocalObjectStore(root: dir.path).leftovers().isEmpty)
+
+        // A second prune finds nothing to do.
+        let again = try Pruner.prune(try Repository.open(at: dir.path))
+        #expect(again.packsDeleted == 0 && again.packsRepacked == 0 && again.bytesFreed == 0)
+    }
+
+    @Test func aDryRunChangesNothing() throws {
+        let dir = try TemporaryDirectory("prune")
+        _ = try Self.makeRepository(at: dir.path)
+        let repo = try Repository.open(at: dir.path)
+        _ = try Retention.forget(RetentionPolicy(keepLast: 2), in: repo)
+        let files = filesUnder(dir.path)
+        let plan = try Pruner.prune(repo, options: PruneOptions(dryRun: true))
+        #expect(plan.packsDeleted + plan.packsRepacked > 0)
+        #expect(filesUnder(dir.path) == files)
+    }
+
+    /// Every write step of a prune fails in turn (as a crash there would stop it); a rerun
+    /// then finishes, and every snapshot still restores.
+    @Test func aPruneStoppedAtAnyWriteStepIsFinishedByARerun() throws {
+        let base = try TemporaryDirectory("prune-base")
+        let records = try Self.makeRepository(at: base.path + "/repo")
+        _ = try Retention.forget(RetentionPolicy(keepLast: 4), in: try Repository.open(at: base.path + "/repo"))
+        // Count the steps.
+        let probe = try TemporaryDirectory("prune-probe")
+        try FileManager.default.copyItem(atPath: base.path + "/repo", toPath: probe.path + "/repo")
+        let counting = FaultPlan(failAt: nil)
+        _ = try Pruner.prune(try Repository.open(store: LocalObjectStore(root: probe.path + "/repo", faultHook: counting.hook)))
+        let steps = counting.points.count
+        #expect(steps > 5)
+        for n in 0..<steps {
+            let dir = try TemporaryDirectory("prune-fault")
+            try FileManager.default.copyItem(atPath: base.path + "/repo", toPath: dir.path + "/repo")
+            let plan = FaultPlan(failAt: n)
+            #expect(throws: (any Error).self) {
+                _ = try Pruner.prune(try Repository.open(store: LocalObjectStore(root: dir.path + "/repo", faultHook: plan.hook)))
+            }
+            #expect(try verifyAllSnapshots(at: dir.path + "/repo") == 4, "after a fault at step \(n) \(plan.points.last.map { "\($0)" } ?? "")")
+            _ = try Pruner.prune(try Repository.open(at: dir.path + "/repo"))
+            #expect(try verifyAllSnapshots(at: dir.path + "/repo") == 4)
+            #expect(try RepositoryChecker.check(try Repository.open(at: dir.path + "/repo"), options: CheckOptions(readData: .all)).isClean)
+        }
+        #expect(records.count == 8)
+    }
+
+    @Test func pruneRefusesWhenItCannotTellWhatIsLive() throws {
+        let dir = try TemporaryDirectory("prune")
+        _ = try Self.makeRepository(at: dir.path)
+        let store = LocalObjectStore(root: dir.path)
+        let index = try #require(try store.list(.index).first)
+        var bytes = try store.get(index)
+        bytes[20] ^= 1
+        try Data(bytes).write(to: URL(fileURLWithPath: store.path(of: index)))
+        let files = filesUnder(dir.path)
+        let e = #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try Repository.open(at: dir.path)) }
+        #expect(e?.message.contains("repair index") == true)
+        #expect(filesUnder(dir.path) == files)
+        // Repaired, prune runs and everything restores.
+        _ = try RepositoryRepair.rebuildIndex(try Repository.open(at: dir.path))
+        _ = try Pruner.prune(try Repository.open(at: dir.path))
+        #expect(try verifyAllSnapshots(at: dir.path) == 8)
+    }
+
+    @Test func packsWithSetAsideChunksGoToQuarantineOnceHealed() throws {
+        let dir = try TemporaryDirectory("prune")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let disk = TestDisk.random(seed: 72, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
+        _ = try backup(disk, into: repo)
+        let victim = disk.chunk(3).withUnsafeBytes { XXH3.hash128($0) }
+        let pack = try #require(repo.location(of: victim)).pack
+        try repo.setChunkAside(victim, reason: "test")
+        // Unhealed: prune refuses rather than lose track of the chunk.
+        #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try Repository.open(at: dir.path)) }
+        _ = try backup(disk, into: try Repository.open(at: dir.path))
+        let report = try Pruner.prune(try Repository.open(at: dir.path))
+        #expect(report.packsQuarantined == 1)
+        #expect(FileManager.default.fileExists(atPath: "\(dir.path)/quarantine/pack-\(pack.hex).0.bad"))
+        #expect(try verifyAllSnapshots(at: dir.path) == 2)
+        #expect(try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all)).isClean)
+    }
+
+    @Test func aLockHeldByABackupMakesPruneWaitThenFail() throws {
+        let dir = try TemporaryDirectory("prune")
+        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let shared = try repo.lock(.shared)
+        let e = #expect(throws: RepositoryError.self) { _ = try repo.lock(.exclusive, wait: 1) }
+        #expect(e?.code == .locked)
+        try shared.release()
+        try repo.lock(.exclusive, wait: 1).release()
+    }
+}
