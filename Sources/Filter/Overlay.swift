@@ -21,6 +21,9 @@ import Glibc
 /// - A record past `flushedRecords` was never flushed, so NBD lets us lose it; it is kept only
 ///   if its slot still holds the content it was allocated with (checksum), otherwise dropped
 ///   and the block falls back to the older, flushed version.
+/// - Writes into a block whose newest record is unflushed go to a fresh slot (copy on write),
+///   never into that record's slot, so a write cut short by a kill cannot invalidate the
+///   acknowledged writes before it.
 /// - A merge copies a batch of blocks to the base, syncs the base, then durably appends a
 ///   `merged` record for each; a crash before that replays the batch, which is safe because
 ///   no write reached the base copy of those blocks in between.
@@ -55,6 +58,9 @@ final class Overlay: Sendable {
         var releaseCommit = false
     }
     private let state: Mutex<State>
+    /// Test hook: runs after a write's bytes land in a slot and before its record is
+    /// appended, the instant a kill is most dangerous. nil in production.
+    let faultBeforeRecord = Mutex<(@Sendable () throws -> Void)?>(nil)
 
     var mapPath: String { "\(directory)/overlay.map" }
     static func exists(in directory: String) -> Bool { DurableFile.exists("\(directory)/overlay.map") }
@@ -129,6 +135,9 @@ final class Overlay: Sendable {
                 continue // an unflushed, torn record: NBD allows losing it
             }
             let kind = Kind(rawValue: kindRaw)!
+            // Never hand out a slot any record names, even a rejected one: if it were reused,
+            // a later recovery could find the stale record matching the slot's new content.
+            if kind == .data { state.nextSlot = max(state.nextSlot, slot + 1) }
             if kind == .data && index >= flushed {
                 try block.withUnsafeMutableBytes { try dataFile.read(into: $0, at: slot * blockSize) }
                 if XXH3.hash64(block) != dataChecksum { index += 1; continue }
@@ -138,7 +147,6 @@ final class Overlay: Sendable {
             case .zero: state.map[blockIndex] = Entry(kind: .zero, slot: 0, record: index)
             case .merged: state.map[blockIndex] = nil
             }
-            if kind == .data { state.nextSlot = max(state.nextSlot, slot + 1) }
             index += 1
         }
         state.recordCount = records
@@ -183,23 +191,21 @@ final class Overlay: Sendable {
         }
         return try state.withLock { (s: inout State) throws -> Bool in
             // Re-check under the lock: another writer may have allocated the block meanwhile.
-            if let entry = s.map[block], entry.kind == .data {
+            if let entry = s.map[block], entry.kind == .data, entry.record < s.flushedRecords {
                 try dataFile.write(bytes, at: entry.slot * blockSize + UInt64(within))
-                if entry.record < s.flushedRecords { return true }
-                // The slot's record is not flushed yet: recovery trusts it only while the slot
-                // matches the record's checksum, which this write just changed. A new record
-                // with the new checksum keeps an acknowledged write across a process crash
-                // (without it, recovery dropped the block back to the base).
-                var content = [UInt8](repeating: 0, count: Int(blockSize))
-                try content.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * blockSize) }
-                let record = s.recordCount
-                try appendRecord(&s, kind: .data, block: block, slot: entry.slot, dataChecksum: XXH3.hash64(content))
-                s.map[block] = Entry(kind: .data, slot: entry.slot, record: record)
                 return true
             }
             if s.merging && s.map[block] == nil { return false }
             var content = [UInt8](repeating: 0, count: Int(blockSize))
-            if s.map[block] == nil {
+            if let entry = s.map[block], entry.kind == .data {
+                // The block's newest record is not flushed: recovery trusts it only while its
+                // slot still matches the record's checksum. Writing that slot in place would
+                // break the match the moment the bytes land, so a kill before this write's
+                // own record is appended would drop the block and every acknowledged write
+                // in it. Copy on write into a fresh slot instead: the old record stays valid
+                // until the new one exists. (Slots freed this way are reclaimed at release.)
+                try content.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * blockSize) }
+            } else if s.map[block] == nil {
                 try content.withUnsafeMutableBytes { try base(block * blockSize, $0) }
             }
             content.withUnsafeMutableBytes { dst in
@@ -208,6 +214,7 @@ final class Overlay: Sendable {
             let slot = s.nextSlot
             let record = s.recordCount
             try dataFile.write(content, at: slot * blockSize)
+            try faultBeforeRecord.withLock { try $0?() }
             try appendRecord(&s, kind: .data, block: block, slot: slot, dataChecksum: XXH3.hash64(content))
             s.nextSlot += 1
             s.map[block] = Entry(kind: .data, slot: slot, record: record)

@@ -68,5 +68,8 @@ struct KilledBackupTests {
             #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: out))) == bytes, "snapshot \(id) does not restore exactly")
             try FileManager.default.removeItem(atPath: out)
         }
+        // And the repository passes a full check, every byte re-hashed.
+        let check = try Tessera.run(["check", "--repo", repo, "--read-data"])
+        #expect(check.status == 0, "check after killed backups: \(check.stdout) \(check.stderr)")
     }
 }
