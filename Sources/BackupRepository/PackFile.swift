@@ -73,29 +73,8 @@ enum PackFile {
             guard trailerOffset >= UInt64(headerSize), trailerOffset <= UInt64(bytes.count - footerSize) else {
                 throw RepositoryError.damaged(object, "trailer offset \(trailerOffset) out of range")
             }
-            let tStart = Int(trailerOffset)
-            var t = ByteReader(bytes, offset: tStart)
-            guard try t.expect("TPTR") else { throw RepositoryError.damaged(object, "trailer magic missing") }
-            let count = Int(try t.u32())
-            let checksumAt = tStart + 8 + count * trailerEntrySize
-            guard count <= bytes.count / trailerEntrySize, checksumAt + 8 == bytes.count - footerSize else {
-                throw RepositoryError.damaged(object, "trailer length does not match its entry count")
-            }
-            var entries: [PackEntry] = []
-            entries.reserveCapacity(count)
-            for _ in 0..<count {
-                let id = try t.digest()
-                let offset = try t.u64()
-                let length = Int(try t.u32())
-                let raw = Int(try t.u32())
-                guard offset >= UInt64(headerSize), offset <= trailerOffset, UInt64(length) <= trailerOffset - offset else {
-                    throw RepositoryError.damaged(object, "trailer entry for chunk \(id) points outside the pack")
-                }
-                entries.append(PackEntry(id: id, offset: offset, length: length, rawLength: raw))
-            }
-            let stored = try t.u64()
-            let computed = bytes.withUnsafeBytes { XXH3.hash64(UnsafeRawBufferPointer(rebasing: $0[tStart..<checksumAt])) }
-            guard stored == computed else { throw RepositoryError.damaged(object, "trailer checksum mismatch") }
+            // One trailer parser for whole packs and for scans that read only the tail.
+            let entries = try PackScan.parseTrailer(Array(bytes[Int(trailerOffset)...]), trailerOffset: trailerOffset, object: object)
             if verifyEnvelopes {
                 for e in entries {
                     let what = "chunk \(e.id) in pack \(id)"
