@@ -46,7 +46,7 @@ public final class Repository: Sendable {
     ///   - id: fixed repository ID (fixtures); random by default.
     ///   - created: fixed creation time (fixtures).
     /// - Throws: `.alreadyExists` when a config is already there, `.invalidArgument` for bad sizes.
-    public static func initialize(at path: String, chunkSize: Int = 65536, compressionLevel: Int = 3,
+    public static func initialize(at path: String, chunkSize: Int = 65536, compressionLevel: Int = 1,
                                   id: String? = nil, created: Date? = nil) throws -> Repository {
         let store = LocalObjectStore(root: path)
         try store.createLayout()
@@ -54,7 +54,7 @@ public final class Repository: Sendable {
     }
 
     /// Creates a repository in any object store.
-    public static func initialize(store: any ObjectStore, chunkSize: Int = 65536, compressionLevel: Int = 3,
+    public static func initialize(store: any ObjectStore, chunkSize: Int = 65536, compressionLevel: Int = 1,
                                   id: String? = nil, created: Date? = nil) throws -> Repository {
         guard DiskMap.isValidChunkSize(chunkSize) else {
             throw RepositoryError(.invalidArgument, "chunk size \(chunkSize) is not a power of two between 4 KiB and 4 MiB (64 KiB is the default)")
