@@ -14,10 +14,7 @@ struct KilledBackupTests {
         let size = 32 << 20
         let diskPath = dir.file("disk.raw")
         var rng = SeededGenerator(seed: 4242)
-        let disk = try BlockFile(path: diskPath, mode: .createReadWrite)
-        try disk.truncate(to: UInt64(size))
-        try disk.write(rng.bytes(16 << 20), at: 4 << 20)
-        var model = try DiskModel(file: diskPath)
+        var model = try DiskModel.create(at: diskPath, size: size, data: 16 << 20, at: 4 << 20, rng: &rng)
         let filter = try FilterProcess(directory: dir.path, disk: "d", path: diskPath)
         defer { filter.stop() }
         let repo = dir.file("repo")
@@ -36,12 +33,7 @@ struct KilledBackupTests {
         try adoptNewSnapshots()
 
         for round in 0..<rounds {
-            var writes: [(offset: Int, length: Int, value: UInt8)] = []
-            for _ in 0..<20 {
-                let length = Int.random(in: 1...32, using: &rng) * 4096
-                let offset = Int.random(in: 0..<((size - length) / 4096), using: &rng) * 4096
-                writes.append((offset, length, UInt8.random(in: 1...255, using: &rng)))
-            }
+            let writes = randomWrites(20, maxPages: 32, diskSize: size, rng: &rng)
             try filter.write(writes)
             for w in writes { model.fill(offset: w.offset, length: w.length, with: w.value) }
             // Sometimes a full backup (long), sometimes an incremental, killed at a random instant.

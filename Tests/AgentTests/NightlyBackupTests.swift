@@ -14,10 +14,7 @@ struct NightlyBackupTests {
         let diskPath = dir.file("disk.raw")
         var rng = SeededGenerator(seed: 20261122)
         // A disk with some data and holes.
-        let disk = try BlockFile(path: diskPath, mode: .createReadWrite)
-        try disk.truncate(to: UInt64(size))
-        try disk.write(rng.bytes(3 << 20), at: 5 << 20)
-        var model = try DiskModel(file: diskPath)
+        var model = try DiskModel.create(at: diskPath, size: size, data: 3 << 20, at: 5 << 20, rng: &rng)
 
         let filter = try FilterProcess(directory: dir.path, disk: "vm1", path: diskPath)
         defer { filter.stop() }
@@ -31,12 +28,7 @@ struct NightlyBackupTests {
         expected.append((first["snapshot"] as! String, model.bytes))
 
         for night in 1...3 {
-            var writes: [(offset: Int, length: Int, value: UInt8)] = []
-            for _ in 0..<(8 + night * 4) {
-                let length = Int.random(in: 1...16, using: &rng) * 4096
-                let offset = Int.random(in: 0..<((size - length) / 4096), using: &rng) * 4096
-                writes.append((offset, length, UInt8.random(in: 1...255, using: &rng)))
-            }
+            let writes = randomWrites(8 + night * 4, maxPages: 16, diskSize: size, rng: &rng)
             try filter.write(writes)
             for w in writes { model.fill(offset: w.offset, length: w.length, with: w.value) }
 
