@@ -109,36 +109,72 @@ public final class LocalObjectStore: ObjectStore {
 
     public func put(_ key: ObjectKey, _ bytes: [UInt8], syncNow: Bool) throws {
         try validate(key)
-        let dir = directory(for: key)
         let path = path(of: key)
         try hook(.beforeWrite, key.kind, key.name)
         try io("write \(key)", object: key.description) {
-            try ensureDirectory(dir, kind: key.kind)
+            try ensureDirectory(directory(for: key), kind: key.kind)
             let temp = "\(path).tmp-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
             do {
                 let file = try BlockFile(path: temp, mode: .createReadWrite)
                 try file.truncate(to: 0)
                 try file.write(bytes, at: 0)
-                try hook(.beforeFileSync, key.kind, key.name)
-                try file.sync()
-                try hook(.afterFileSync, key.kind, key.name)
+                try install(file, from: temp, as: key, syncNow: syncNow)
             } catch {
                 unlink(temp)
                 throw error
             }
-            guard rename(temp, path) == 0 else {
-                let e = Errno(rawValue: errno)
-                unlink(temp)
-                throw BlockIOError(.io, "\(path): rename into place failed: \(e)", errno: e)
+        }
+    }
+
+    /// The second half of every write: fsync the temp file, rename it into place, then
+    /// sync the directory now or mark it pending. The caller removes `temp` on failure.
+    private func install(_ file: BlockFile, from temp: String, as key: ObjectKey, syncNow: Bool) throws {
+        let dir = directory(for: key)
+        let path = path(of: key)
+        try hook(.beforeFileSync, key.kind, key.name)
+        try file.sync()
+        try hook(.afterFileSync, key.kind, key.name)
+        guard rename(temp, path) == 0 else {
+            let e = Errno(rawValue: errno)
+            throw BlockIOError(.io, "\(path): rename into place failed: \(e)", errno: e)
+        }
+        try hook(.afterRename, key.kind, key.name)
+        if syncNow {
+            try hook(.beforeDirectorySync, key.kind, dir)
+            try DurableFile.syncDirectory(dir)
+            try hook(.afterDirectorySync, key.kind, dir)
+        } else {
+            pendingDirectories.withLock { $0[dir] = key.kind }
+        }
+    }
+
+    /// Streams go to a temp file at the top of the kind's tree (the fan-out directory
+    /// depends on the name, known only at the end) and are renamed into place.
+    public func beginObject(_ kind: ObjectKind) throws -> any ObjectStream {
+        let top: String
+        switch kind {
+        case .pack: top = "\(root)/packs"
+        case .mapPage, .diskMap: top = "\(root)/maps"
+        default: top = directory(for: ObjectKey(kind, "00"))
+        }
+        let temp = "\(top)/stream.tmp-\(getpid())-\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+        let file = try io("start a \(kind.noun)", object: nil) { try BlockFile(path: temp, mode: .createNew) }
+        return LocalObjectStream(store: self, kind: kind, file: file, temp: temp)
+    }
+
+    /// Ends a stream: the same steps (and fault points) as `put` once the bytes are written.
+    fileprivate func finish(_ stream: LocalObjectStream, as name: String) throws {
+        let key = ObjectKey(stream.kind, name)
+        do {
+            try validate(key)
+            try hook(.beforeWrite, key.kind, key.name)
+            try io("write \(key)", object: key.description) {
+                try ensureDirectory(directory(for: key), kind: key.kind)
+                try install(stream.file, from: stream.temp, as: key, syncNow: false)
             }
-            try hook(.afterRename, key.kind, key.name)
-            if syncNow {
-                try hook(.beforeDirectorySync, key.kind, dir)
-                try DurableFile.syncDirectory(dir)
-                try hook(.afterDirectorySync, key.kind, dir)
-            } else {
-                pendingDirectories.withLock { $0[dir] = key.kind }
-            }
+        } catch {
+            unlink(stream.temp)
+            throw error
         }
     }
 
@@ -294,7 +330,7 @@ public final class LocalObjectStore: ObjectStore {
     /// Temp files (`<name>.tmp-<pid>-<rand>`) left by killed writers, as paths relative to
     /// the root. Lock files are not included: a locker racing prune may be writing one.
     public func leftovers() throws -> [String] {
-        var dirs = ["index", "snapshots", "quarantine/chunks", "."]
+        var dirs = ["index", "snapshots", "quarantine/chunks", ".", "packs", "maps"]
         for top in ["packs", "maps"] {
             dirs += try entries(of: "\(root)/\(top)").filter { $0.utf8.count == 2 && isHexName($0) }.map { "\(top)/\($0)" }
         }
@@ -316,5 +352,42 @@ public final class LocalObjectStore: ObjectStore {
             throw RepositoryError(.io, "could not delete leftover \(p): \(Errno(rawValue: errno))")
         }
         pendingDirectories.withLock { $0[DurableFile.parentDirectory(of: p)] = .pack }
+    }
+}
+
+/// A pack (or other object) written in pieces straight to its temp file, so a backup never
+/// holds a whole pack in memory.
+final class LocalObjectStream: ObjectStream {
+    private let store: LocalObjectStore
+    let kind: ObjectKind
+    let file: BlockFile
+    let temp: String
+    private let written = Atomic<Int>(0)
+
+    init(store: LocalObjectStore, kind: ObjectKind, file: BlockFile, temp: String) {
+        self.store = store
+        self.kind = kind
+        self.file = file
+        self.temp = temp
+    }
+
+    var byteCount: Int { written.load(ordering: .relaxed) }
+
+    func append(_ bytes: UnsafeRawBufferPointer) throws {
+        let at = written.load(ordering: .relaxed)
+        do {
+            try file.write(bytes, at: UInt64(at))
+        } catch let e as BlockIOError {
+            throw RepositoryError(.io, "could not write \(kind.noun) \(temp): \(e.message)", cause: e)
+        }
+        written.store(at + bytes.count, ordering: .relaxed)
+    }
+
+    func finish(as name: String) throws {
+        try store.finish(self, as: name)
+    }
+
+    func discard() {
+        unlink(temp)
     }
 }

@@ -1,4 +1,5 @@
 import BlockIO
+import Synchronization
 
 /// The kinds of objects a repository holds. Each kind has its own place in the store.
 public enum ObjectKind: String, Sendable, CaseIterable, Codable {
@@ -91,6 +92,52 @@ public protocol ObjectStore: Sendable {
     func leftovers() throws -> [String]
     /// Removes one leftover named by `leftovers()`.
     func removeLeftover(_ name: String) throws
+    /// Starts an object written in pieces, for packs: a backup appends each chunk as it is
+    /// compressed instead of holding a whole pack in memory. The object is invisible (a
+    /// leftover if the writer dies) until `ObjectStream.finish(as:)`.
+    func beginObject(_ kind: ObjectKind) throws -> any ObjectStream
+}
+
+/// An object being written in pieces (see `ObjectStore.beginObject`). Appends come from one
+/// thread at a time (the caller serialises them); `finish` or `discard` ends it.
+public protocol ObjectStream: Sendable {
+    /// Bytes appended so far.
+    var byteCount: Int { get }
+    func append(_ bytes: UnsafeRawBufferPointer) throws
+    /// Makes the bytes durable and the object visible under `name`, with the same
+    /// guarantees as `put(_:_:syncNow: false)`: the name is durable after the store's next
+    /// `syncPendingDirectories`.
+    func finish(as name: String) throws
+    /// Throws the unfinished object away.
+    func discard()
+}
+
+/// An object stream for stores that can only put whole objects: the pieces gather in
+/// memory and `finish` puts them.
+final class BufferedObjectStream: ObjectStream {
+    private let store: any ObjectStore
+    private let kind: ObjectKind
+    private let bytes = Mutex<[UInt8]>([])
+
+    init(store: any ObjectStore, kind: ObjectKind) {
+        self.store = store
+        self.kind = kind
+    }
+
+    var byteCount: Int { bytes.withLock { $0.count } }
+
+    func append(_ piece: UnsafeRawBufferPointer) throws {
+        bytes.withLock { $0.append(contentsOf: piece) }
+    }
+
+    func finish(as name: String) throws {
+        try store.put(ObjectKey(kind, name), bytes.withLock { $0 }, syncNow: false)
+        discard()
+    }
+
+    func discard() {
+        bytes.withLock { $0 = [] }
+    }
 }
 
 extension ObjectStore {
@@ -102,4 +149,8 @@ extension ObjectStore {
 
     /// Removes one leftover named by `leftovers()`.
     public func removeLeftover(_ name: String) throws {}
+
+    public func beginObject(_ kind: ObjectKind) throws -> any ObjectStream {
+        BufferedObjectStream(store: self, kind: kind)
+    }
 }

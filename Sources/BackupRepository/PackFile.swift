@@ -36,9 +36,8 @@ enum PackFile {
         return w.bytes
     }
 
-    /// Appends trailer and footer to a pack body (header + envelopes). Returns the pack's ID.
-    static func seal(_ body: inout [UInt8], entries: [PackEntry]) -> PackID {
-        let trailerOffset = UInt64(body.count)
+    /// The trailer and footer that end a pack whose envelopes end at `trailerOffset`.
+    static func trailer(entries: [PackEntry], trailerOffset: UInt64) -> [UInt8] {
         var w = ByteWriter(capacity: 8 + entries.count * trailerEntrySize + 8 + footerSize)
         w.ascii("TPTR")
         w.u32(UInt32(entries.count))
@@ -51,8 +50,7 @@ enum PackFile {
         w.u64(XXH3.hash64(w.bytes))
         w.u64(trailerOffset)
         w.ascii("TPAKEND1")
-        body.append(contentsOf: w.bytes)
-        return XXH3.hash128(body)
+        return w.bytes
     }
 
     /// Reads and checks a whole pack: header, footer, trailer checksum, and (with
@@ -97,20 +95,52 @@ enum PackFile {
     }
 }
 
-/// A pack being filled by a writer (in memory until sealed).
-struct PackBuilder {
-    var body: [UInt8]
-    var entries: [PackEntry] = []
+/// A pack being written: each envelope goes straight to the pack's object stream and
+/// through the running hash that becomes the pack's name, so memory holds only the trailer
+/// entries, never the pack. Not thread-safe: its owner serialises appends (the writer's lock).
+final class PackSink {
+    private let stream: any ObjectStream
+    private var hasher = XXH3Stream128()
+    private(set) var entries: [PackEntry] = []
+    private(set) var byteCount = 0
 
-    init(reserve: Int) {
-        body = PackFile.header()
-        body.reserveCapacity(reserve)
+    init(_ stream: any ObjectStream) throws {
+        self.stream = stream
+        try write(PackFile.header())
     }
 
-    var byteCount: Int { body.count }
-
-    mutating func append(envelope: [UInt8], id: ChunkID, rawLength: Int) {
-        entries.append(PackEntry(id: id, offset: UInt64(body.count), length: envelope.count, rawLength: rawLength))
-        body.append(contentsOf: envelope)
+    private func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
     }
+
+    private func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try stream.append(bytes)
+        hasher.update(bytes)
+        byteCount += bytes.count
+    }
+
+    func append(envelope: [UInt8], id: ChunkID, rawLength: Int) throws {
+        let entry = PackEntry(id: id, offset: UInt64(byteCount), length: envelope.count, rawLength: rawLength)
+        try write(envelope)
+        entries.append(entry)
+    }
+
+    /// Writes trailer and footer; the pack is then complete but not yet durable or visible.
+    func seal() throws -> SealedPack {
+        try write(PackFile.trailer(entries: entries, trailerOffset: UInt64(byteCount)))
+        return SealedPack(stream: stream, id: hasher.finalize(), entries: entries)
+    }
+
+    /// Gives up the pack (its temp object is removed).
+    func discard() { stream.discard() }
+}
+
+/// A complete pack waiting to be made durable and visible under its name.
+struct SealedPack: Sendable {
+    let stream: any ObjectStream
+    let id: PackID
+    let entries: [PackEntry]
+
+    /// fsync, rename into place (name durable at the store's next directory sync).
+    func finish() throws { try stream.finish(as: id.hex) }
 }

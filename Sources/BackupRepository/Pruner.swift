@@ -118,16 +118,25 @@ public enum Pruner {
         // (1) Copy live chunks out of packs being rewritten; each is verified first, and a
         // pack with a damaged live chunk is kept whole rather than lose that chunk.
         var written: [IndexEntry] = []
-        var builder = PackBuilder(reserve: options.packTargetSize)
         var rewritten: [PackID] = []
+        // New packs stream to temp files (a dry run keeps them in memory and drops them).
+        func newSink() throws -> PackSink {
+            try PackSink(options.dryRun ? BufferedObjectStream(store: store, kind: .pack) : store.beginObject(.pack))
+        }
+        var sink: PackSink? = nil
+        defer { sink?.discard() }
         func seal() throws {
-            guard !builder.entries.isEmpty else { return }
-            var body = builder.body
-            let id = PackFile.seal(&body, entries: builder.entries)
-            if !options.dryRun { try store.put(ObjectKey(.pack, id.hex), body, syncNow: false) }
-            written += builder.entries.map { IndexEntry(chunk: $0.id, pack: id, offset: $0.offset, length: $0.length, rawLength: $0.rawLength) }
+            guard let open = sink, !open.entries.isEmpty else { return }
+            sink = nil
+            let sealed = try open.seal()
+            if options.dryRun { open.discard() } else {
+                do { try sealed.finish() } catch {
+                    open.discard()
+                    throw error
+                }
+            }
+            written += sealed.entries.map { IndexEntry(chunk: $0.id, pack: sealed.id, offset: $0.offset, length: $0.length, rawLength: $0.rawLength) }
             report.packsWritten += 1
-            builder = PackBuilder(reserve: options.packTargetSize)
         }
         var buffer = [UInt8](repeating: 0, count: repo.config.chunkSize)
         for (pack, live) in repack {
@@ -153,9 +162,10 @@ public enum Pruner {
                 continue
             }
             for (e, envelope) in envelopes {
-                builder.append(envelope: Array(envelope), id: e.chunk, rawLength: e.rawLength)
+                if sink == nil { sink = try newSink() }
+                try sink!.append(envelope: Array(envelope), id: e.chunk, rawLength: e.rawLength)
                 report.chunksMoved += 1
-                if builder.byteCount >= options.packTargetSize { try seal() }
+                if sink!.byteCount >= options.packTargetSize { try seal() }
             }
             rewritten.append(pack)
             report.packsRepacked += 1

@@ -7,10 +7,11 @@ import Synchronization
 ///
 /// `store` may be called from many threads at once: hashing checks and compression run
 /// outside any lock, each thread with its own zstd context from the pool; only appending
-/// the finished envelope to the open pack takes the lock. Sealed packs are written (and
-/// fsynced) by a serial background queue, so the threads that hash and compress never wait
-/// for the disk; at most `packsInFlight` full packs wait for it, which bounds memory and
-/// gives back-pressure. Index files are written on the same queue, after the packs they
+/// the finished envelope to the open pack's temp file takes the lock. Packs are streamed to
+/// disk as they fill, so a backup's memory does not grow with the pack size. Sealed packs
+/// are fsynced and renamed by a serial background queue, so the threads that hash and
+/// compress never wait for the disk; at most `packsInFlight` sealed packs wait for it,
+/// which bounds the dirty data in flight and gives back-pressure. Index files are written on the same queue, after the packs they
 /// name, so "packs durable before any index names them" holds by construction.
 ///
 /// Any failure closes the writer (`.writerClosed` afterwards): the packs already written
@@ -20,7 +21,8 @@ public final class RepositoryWriter: Sendable {
     let packTargetSize: Int
 
     private struct State {
-        var open: PackBuilder?
+        /// The pack being filled (its bytes are in its temp file, not in memory).
+        var open: PackSink?
         /// Packs written (file fsynced, renamed) but not yet listed in an index file.
         var unindexed: [(id: PackID, entries: [PackEntry])] = []
         /// Chunks stored or being stored by this writer (for dedup before they are indexed).
@@ -74,64 +76,89 @@ public final class RepositoryWriter: Sendable {
         guard chunk.count <= repository.config.chunkSize, chunk.count > 0 else {
             throw RepositoryError(.invalidArgument, "a chunk of \(chunk.count) bytes does not fit chunk size \(repository.config.chunkSize)")
         }
-        guard XXH3.hash128(chunk) == id else {
-            throw RepositoryError(.invalidArgument, "chunk \(id) does not hash to its ID; the caller passed the wrong ID or the buffer changed",
-                                  object: "chunk \(id)")
-        }
         if isAllZero(chunk) { return .zero }
-        if repository.contains(id) { return .duplicate }
-        let reserved = state.withLock { $0.pending.insert(id).inserted }
-        if !reserved { return .duplicate }
+        let reserved = !repository.contains(id) && state.withLock { $0.pending.insert(id).inserted }
+        if !reserved {
+            // A duplicate is never written, so this is the only place its ID is checked.
+            try checkID(chunk, id)
+            return .duplicate
+        }
+        let envelope: [UInt8]
+        do {
+            envelope = try encodeVerified(chunk, id: id)
+        } catch let e as RepositoryError where e.code == .invalidArgument {
+            // A wrong ID is the caller's bug: refused, and the writer stays usable.
+            state.withLock { _ = $0.pending.remove(id) }
+            throw e
+        } catch {
+            return try closingOnError { throw error }
+        }
         return try closingOnError {
-            let envelope = try repository.codecs.withCompressor { c in
-                try ObjectEnvelope.encode(.chunk, id: id, raw: chunk, compressor: c)
-            }
-            // Verify before trusting the write (restic #4529): decode what we are about to store.
-            var check = [UInt8](repeating: 0, count: chunk.count)
-            _ = try check.withUnsafeMutableBytes { buf in
-                try repository.codecs.withDecompressor { d in
-                    try ObjectEnvelope.decode(.chunk, envelope, expectedID: id, object: "new chunk \(id)", into: buf, decompressor: d)
-                }
-            }
-            let full = try state.withLock { s -> Bool in
+            let rawLength = chunk.count
+            let sealed = try state.withLock { s -> SealedPack? in
                 if let f = s.failure { throw f }
-                if s.open == nil { s.open = PackBuilder(reserve: packTargetSize + envelope.count) }
-                s.open!.append(envelope: envelope, id: id, rawLength: chunk.count)
-                return s.open!.byteCount >= packTargetSize
+                if s.open == nil { s.open = try PackSink(store.beginObject(.pack)) }
+                try s.open!.append(envelope: envelope, id: id, rawLength: rawLength)
+                guard s.open!.byteCount >= packTargetSize else { return nil }
+                defer { s.open = nil }
+                return try s.open!.seal()
             }
-            if full {
-                let sealed = state.withLock { s -> PackBuilder? in
-                    guard let o = s.open, o.byteCount >= packTargetSize else { return nil }
-                    s.open = nil
-                    return o
-                }
-                if let sealed {
-                    packSlots.wait()
-                    packQueue.async { [self] in
-                        defer { packSlots.signal() }
-                        do {
-                            try checkOpen()
-                            try writePack(sealed)
-                            // Index every so often during a long backup, so a backup killed
-                            // midway still leaves its chunks findable (the next one reuses them).
-                            if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
-                        } catch {
-                            let e = (error as? RepositoryError) ?? RepositoryError(.io, "\(error)")
-                            state.withLock { s in if s.failure == nil { s.failure = e } }
-                        }
-                    }
-                }
-            }
+            if let sealed { enqueue(sealed) }
             return .new(storedBytes: envelope.count)
         }
     }
 
-    /// Seals and writes one pack (file durable, name pending the batched directory sync).
-    private func writePack(_ builder: PackBuilder) throws {
-        var body = builder.body
-        let id = PackFile.seal(&body, entries: builder.entries)
-        try store.put(ObjectKey(.pack, id.hex), body, syncNow: false)
-        state.withLock { $0.unindexed.append((id, builder.entries)) }
+    /// Compresses a chunk into its envelope and verifies it before it is trusted (restic
+    /// #4529): the envelope is decoded again and re-hashed against `id`, which also checks
+    /// the caller's ID for every new chunk.
+    private func encodeVerified(_ chunk: UnsafeRawBufferPointer, id: ChunkID) throws -> [UInt8] {
+        let envelope = try repository.codecs.withCompressor { c in
+            try ObjectEnvelope.encode(.chunk, id: id, raw: chunk, compressor: c)
+        }
+        let check = [UInt8](unsafeUninitializedCapacity: chunk.count) { buf, n in
+            n = (try? repository.codecs.withDecompressor { d in
+                try ObjectEnvelope.decode(.chunk, envelope, expectedID: id, object: "new chunk \(id)",
+                                          into: UnsafeMutableRawBufferPointer(buf), decompressor: d)
+            }) ?? 0
+        }
+        guard check.count == chunk.count else {
+            try checkID(chunk, id)
+            throw RepositoryError(.io, "chunk \(id) did not decode to its own bytes right after compression (memory or library fault); nothing was stored, retry the backup",
+                                  object: "chunk \(id)")
+        }
+        return envelope
+    }
+
+    private func checkID(_ chunk: UnsafeRawBufferPointer, _ id: ChunkID) throws {
+        guard XXH3.hash128(chunk) == id else {
+            throw RepositoryError(.invalidArgument, "chunk \(id) does not hash to its ID; the caller passed the wrong ID or the buffer changed",
+                                  object: "chunk \(id)")
+        }
+    }
+
+    /// Hands a sealed pack to the background queue, waiting while `packsInFlight` are queued.
+    private func enqueue(_ sealed: SealedPack) {
+        packSlots.wait()
+        packQueue.async { [self] in
+            defer { packSlots.signal() }
+            do {
+                try checkOpen()
+                try install(sealed)
+                // Index every so often during a long backup, so a backup killed midway
+                // still leaves its chunks findable (the next one reuses them).
+                if state.withLock({ $0.unindexed.count }) >= Self.packsPerIndex { try indexWrittenPacks() }
+            } catch {
+                sealed.stream.discard()
+                let e = (error as? RepositoryError) ?? RepositoryError(.io, "\(error)")
+                state.withLock { s in if s.failure == nil { s.failure = e } }
+            }
+        }
+    }
+
+    /// Makes one sealed pack durable and visible (name pending the batched directory sync).
+    private func install(_ sealed: SealedPack) throws {
+        try sealed.finish()
+        state.withLock { $0.unindexed.append((sealed.id, sealed.entries)) }
     }
 
     /// Writes the open pack, makes every pack name durable, then writes one index file for
@@ -143,11 +170,23 @@ public final class RepositoryWriter: Sendable {
         try checkOpen()
         try closingOnError {
             try packQueue.sync {
-                let open = state.withLock { s -> PackBuilder? in
+                let sealed = try state.withLock { s -> SealedPack? in
                     defer { s.open = nil }
-                    return s.open
+                    guard let open = s.open, !open.entries.isEmpty else {
+                        s.open?.discard()
+                        return nil
+                    }
+                    do { return try open.seal() } catch {
+                        open.discard()
+                        throw error
+                    }
                 }
-                if let open, !open.entries.isEmpty { try writePack(open) }
+                if let sealed {
+                    do { try install(sealed) } catch {
+                        sealed.stream.discard()
+                        throw error
+                    }
+                }
                 try indexWrittenPacks()
             }
         }
@@ -272,6 +311,7 @@ public final class RepositoryWriter: Sendable {
     public func abandon() {
         packQueue.sync {}
         state.withLock { s in
+            s.open?.discard()
             s.open = nil
             s.unindexed = []
             if s.failure == nil { s.failure = RepositoryError(.writerClosed, "the backup was abandoned") }

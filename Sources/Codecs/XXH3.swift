@@ -103,3 +103,29 @@ public struct XXH3Stream64: ~Copyable {
     /// Wraps XXH3_64bits_digest.
     public func finalize() -> UInt64 { XXH3_64bits_digest(state) }
 }
+
+/// Streaming XXH3-128: the hash of a whole object fed in pieces (a pack written as its
+/// chunks arrive), equal to `XXH3.hash128` of the concatenation.
+public struct XXH3Stream128: ~Copyable {
+    private let state: OpaquePointer
+
+    /// Wraps XXH3_createState + XXH3_128bits_reset.
+    public init() {
+        guard let s = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        XXH3_128bits_reset(s)
+        state = s
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    /// Wraps XXH3_128bits_update.
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) {
+        _ = XXH3_128bits_update(state, bytes.baseAddress, bytes.count)
+    }
+
+    /// Wraps XXH3_128bits_digest.
+    public func finalize() -> Digest128 {
+        let h = XXH3_128bits_digest(state)
+        return Digest128(high: h.high64, low: h.low64)
+    }
+}

@@ -9,7 +9,8 @@ import TestSupport
 /// finishes; prune refuses when it cannot tell what is live.
 struct PruneTests {
     /// Eight nightly snapshots of one evolving disk in small packs, plus the garbage of a
-    /// killed backup (packs no index names) and a leftover temp file.
+    /// killed backup (packs no index names), a pack stream a killed backup left half
+    /// written, and a leftover temp file.
     static func makeRepository(at path: String) throws -> [SnapshotRecord] {
         let repo = try Repository.initialize(at: path, chunkSize: 4096)
         var disk = TestDisk.random(seed: 71, size: 4096 * 48, chunkSize: 4096, zeroShare: 10)
@@ -21,12 +22,17 @@ struct PruneTests {
         // A killed backup: packs written, never indexed, no snapshot.
         let writer = try repo.makeWriter(packTargetSize: 8 << 10)
         var g = SeededGenerator(seed: 99)
-        for _ in 0..<6 {
+        for _ in 0..<7 {
             let c = g.bytes(4096)
             _ = try c.withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) }
         }
-        writer.abandon()
+        writer.abandon() // removes its open pack's stream (the 7th chunk)
+        // A backup killed while a pack was filling: the pack's stream is a temp file.
+        let killed = try repo.makeWriter()
+        let c = g.bytes(4096)
+        _ = try c.withUnsafeBytes { try killed.store(chunk: $0, id: XXH3.hash128($0)) }
         let store = LocalObjectStore(root: path)
+        #expect(try store.leftovers().filter { $0.hasPrefix("packs/stream.tmp-") }.count == 1)
         let pack = try #require(try store.list(.pack).first)
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: store.path(of: pack) + ".tmp-999999-1"))
         return records
@@ -42,7 +48,7 @@ struct PruneTests {
         let decisions = try Retention.forget(RetentionPolicy(keepLast: 3), in: repo)
         #expect(decisions.filter(\.keep).map(\.snapshot.id) == records.suffix(3).reversed().map(\.id))
         let report = try Pruner.prune(repo)
-        #expect(report.bytesFreed > 0 && report.packsDeleted > 0 && report.diskMapsDeleted == 5 && report.leftoversDeleted == 1)
+        #expect(report.bytesFreed > 0 && report.packsDeleted > 0 && report.diskMapsDeleted == 5 && report.leftoversDeleted == 2)
         #expect(try verifyAllSnapshots(at: dir.path) == 3)
         let after = try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all))
         #expect(after.isClean, "\(after.findings)")

@@ -25,6 +25,16 @@ struct XXH3Tests {
         stream.update(Array(data[3333...]))
         #expect(stream.finalize() == XXH3.hash64(data))
     }
+
+    @Test func streaming128EqualsOneShot() {
+        var rng = SeededGenerator(seed: 10)
+        let data = rng.bytes(100_000)
+        var stream = XXH3Stream128()
+        for cut in stride(from: 0, to: data.count, by: 7_777) {
+            data[cut..<min(cut + 7_777, data.count)].withUnsafeBytes { stream.update($0) }
+        }
+        #expect(stream.finalize() == XXH3.hash128(data))
+    }
 }
 
 struct ZstdTests {
