@@ -34,10 +34,14 @@ public final class PipelineCounters: Sendable {
 ///
 /// Every worker thread reads its own segment and then does the CPU work, so reading one
 /// segment overlaps with hashing and compressing others; memory is bounded by
-/// `workers × segmentSize`. A source that cannot be read concurrently (one NBD connection)
+/// `workers × segmentSize`. The segments just ahead of the workers are prefetched (up to
+/// `prefetchBytes` or `prefetchSegments`), so reads mostly find the page cache filled, and
+/// an incremental's scattered blocks go to the disk as many requests at once. A source that cannot be read concurrently (one NBD connection)
 /// serialises its reads internally while the CPU work stays parallel.
 struct ChunkPipeline {
     static let segmentSize: UInt64 = 4 << 20
+    static let prefetchBytes: UInt64 = 32 << 20
+    static let prefetchSegments = 64
 
     let source: any DiskSource
     let repository: Repository
@@ -80,12 +84,30 @@ struct ChunkPipeline {
     /// Processes `segments` and calls `record(chunkIndex, outcome)` for every chunk (from
     /// worker threads; the callee synchronises).
     func run(segments: [ByteRange], record: @escaping @Sendable (Int, ChunkOutcome) -> Void) throws {
-        let next = Atomic<Int>(0)
         let failure = Mutex<(any Error)?>(nil)
         let threadCount = max(1, min(workers, segments.count))
         // An incremental's segments are mostly one chunk: size the buffers to the largest
         // segment, not to `segmentSize`, so a small night does not hold workers × 4 MiB.
         let bufferSize = Int(max(segments.map(\.length).max() ?? 0, chunkSize))
+        // Claims the next segment and moves the prefetch window [i, end) along: at most
+        // prefetchSegments segments and prefetchBytes. Hints are issued under the lock, so a
+        // segment's hint always precedes its claim (and read) by another worker.
+        let cursor = Mutex<(next: Int, prefetched: Int)>((0, 0))
+        let claim: @Sendable () -> Int? = { [source] in
+            cursor.withLock { c in
+                let i = c.next
+                guard i < segments.count else { return nil }
+                c.next += 1
+                var end = i, bytes: UInt64 = 0
+                while end < segments.count, end - i < Self.prefetchSegments, bytes < Self.prefetchBytes {
+                    bytes += segments[end].length
+                    end += 1
+                }
+                for k in max(c.prefetched, i)..<max(end, c.prefetched) { source.prefetch(segments[k]) }
+                c.prefetched = max(end, c.prefetched)
+                return i
+            }
+        }
         let group = DispatchGroup()
         for _ in 0..<threadCount {
             group.enter()
@@ -93,8 +115,7 @@ struct ChunkPipeline {
                 defer { group.leave() }
                 var buffer = [UInt8](repeating: 0, count: bufferSize)
                 while failure.withLock({ $0 == nil }) {
-                    let i = next.add(1, ordering: .relaxed).oldValue
-                    guard i < segments.count else { return }
+                    guard let i = claim() else { return }
                     do {
                         try process(segments[i], buffer: &buffer, record: record)
                     } catch {

@@ -11,6 +11,12 @@ public protocol DiskSource: Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
     /// The ranges that may hold data; everything else reads as zeroes (holes).
     func dataRanges(in range: ByteRange) throws -> [ByteRange]
+    /// Hints that `range` will be read soon, so the source can start fetching it. Advisory.
+    func prefetch(_ range: ByteRange)
+}
+
+extension DiskSource {
+    public func prefetch(_ range: ByteRange) {}
 }
 
 /// A raw file or a VMDK descriptor with flat extents.
@@ -34,6 +40,12 @@ public struct ImageSource: DiskSource {
 
     public func dataRanges(in range: ByteRange) throws -> [ByteRange] {
         try image.dataRanges(in: range)
+    }
+
+    /// The page cache reads ahead while the workers hash and compress, and an incremental's
+    /// scattered blocks are all requested at once instead of one by one.
+    public func prefetch(_ range: ByteRange) {
+        image.prefetch(range)
     }
 }
 

@@ -166,6 +166,22 @@ public final class BlockFile: Sendable {
         try writeZeroes(range)
     }
 
+    /// Starts reading a range into the page cache without waiting (posix_fadvise
+    /// WILLNEED), so a later read finds it there: a reader overlaps its I/O with its work
+    /// and keeps many requests in flight. Advisory; errors are ignored.
+    public func prefetch(_ range: ByteRange) {
+        guard range.length > 0 else { return }
+        _ = tessera_prefetch(descriptor.rawValue, off_t(range.offset), off_t(range.length))
+    }
+
+    /// Starts writeback of a range's dirty pages without waiting (sync_file_range WRITE),
+    /// so the disk writes while the writer goes on and a final fsync has little left.
+    /// Advisory (no durability promise); errors are ignored.
+    public func startWriteback(_ range: ByteRange) {
+        guard range.length > 0 else { return }
+        _ = tessera_start_writeback(descriptor.rawValue, off_t(range.offset), off_t(range.length))
+    }
+
     /// Writes zero bytes over a range (allocating it).
     public func writeZeroes(_ range: ByteRange) throws {
         let step = 1 << 20

@@ -201,6 +201,18 @@ public final class DiskImage: Sendable {
         return out.coalesced()
     }
 
+    /// Starts reading a range into the page cache (see `BlockFile.prefetch`). Advisory.
+    public func prefetch(_ range: ByteRange) {
+        guard let r = ByteRange(offset: 0, length: size).intersection(range) else { return }
+        try? forEachPiece(of: r) { file, fileOffset, piece in file.prefetch(ByteRange(offset: fileOffset, length: piece.length)) }
+    }
+
+    /// Starts writeback of a range (see `BlockFile.startWriteback`). Advisory.
+    public func startWriteback(_ range: ByteRange) {
+        guard let r = ByteRange(offset: 0, length: size).intersection(range) else { return }
+        try? forEachPiece(of: r) { file, fileOffset, piece in file.startWriteback(ByteRange(offset: fileOffset, length: piece.length)) }
+    }
+
     /// Makes every extent file durable (fsync), each once.
     public func sync() throws {
         for file in files { try file.sync() }

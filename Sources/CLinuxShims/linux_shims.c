@@ -10,3 +10,11 @@ int tessera_punch_hole(int fd, off_t offset, off_t length) {
 off_t tessera_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
 
 off_t tessera_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+int tessera_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
+int tessera_prefetch(int fd, off_t offset, off_t length) {
+    return posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
+}

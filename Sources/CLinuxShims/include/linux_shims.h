@@ -8,3 +8,7 @@ int tessera_punch_hole(int fd, off_t offset, off_t length);
 off_t tessera_seek_data(int fd, off_t offset);
 /// lseek(fd, offset, SEEK_HOLE); returns the offset or -1 with errno set.
 off_t tessera_seek_hole(int fd, off_t offset);
+/// sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback of a range, does not wait.
+int tessera_start_writeback(int fd, off_t offset, off_t length);
+/// posix_fadvise(POSIX_FADV_WILLNEED): starts reading a range into the page cache.
+int tessera_prefetch(int fd, off_t offset, off_t length);
