@@ -297,15 +297,7 @@ public final class Repository: Sendable {
                 results[k] = .failure((error as? RepositoryError) ?? RepositoryError(.io, "\(error)"))
             }
         }
-        var k = 0
-        while k < ids.count {
-            guard let first = locations[k] else { k += 1; continue }
-            // A run: following slots whose chunks sit right after this one in the same pack.
-            var end = k + 1, runEnd = first.offset + UInt64(first.length)
-            while end < ids.count, let next = locations[end], next.pack == first.pack, next.offset == runEnd {
-                runEnd += UInt64(next.length)
-                end += 1
-            }
+        for (k, end, first, runEnd) in Self.runs(locations) {
             let bytes: [UInt8]?
             do {
                 bytes = try store.get(ObjectKey(.pack, first.pack.hex), range: ByteRange(offset: first.offset, length: runEnd - first.offset))
@@ -334,9 +326,34 @@ public final class Repository: Sendable {
                     results[j] = .failure((error as? RepositoryError) ?? RepositoryError(.io, "\(error)"))
                 }
             }
-            k = end
         }
         return results
+    }
+
+    /// Slots `k..<end` whose chunks lie back to back in one pack, from `first.offset` to `runEnd`.
+    private static func runs(_ locations: [ChunkLocation?]) -> [(k: Int, end: Int, first: ChunkLocation, runEnd: UInt64)] {
+        var out: [(Int, Int, ChunkLocation, UInt64)] = []
+        var k = 0
+        while k < locations.count {
+            guard let first = locations[k] else { k += 1; continue }
+            var end = k + 1, runEnd = first.offset + UInt64(first.length)
+            while end < locations.count, let next = locations[end], next.pack == first.pack, next.offset == runEnd {
+                runEnd += UInt64(next.length)
+                end += 1
+            }
+            out.append((k, end, first, runEnd))
+            k = end
+        }
+        return out
+    }
+
+    /// Hints that these chunks will be read soon (`readChunks` of the same list), so their
+    /// pack ranges are fetched while earlier chunks decompress. Advisory.
+    public func prefetchChunks(_ ids: [ChunkID?]) {
+        let locations = ids.map { id in id.flatMap { location(of: $0) } }
+        for run in Self.runs(locations) {
+            store.prefetch(ObjectKey(.pack, run.first.pack.hex), range: ByteRange(offset: run.first.offset, length: run.runEnd - run.first.offset))
+        }
     }
 
     /// Reads and checks a whole pack (footer, trailer checksum, every envelope, its name).
