@@ -41,7 +41,7 @@ let package = Package(
         ]),
 
         // MARK: - Tools (never imported by Sources)
-        .executableTarget(name: "tessera-microbench", dependencies: ["ChangeTracking", "BackupRepository", "Codecs", "BlockIO"],
+        .executableTarget(name: "tessera-microbench", dependencies: ["ChangeTracking", "BackupRepository", "Codecs", "BlockIO", "NBD", logging],
                           path: "Tools/microbench"),
         .executableTarget(name: "tracker-torture", dependencies: ["ChangeTracking", "BlockIO"],
                           path: "Tools/tracker-torture"),

@@ -98,6 +98,10 @@ struct LiveExport: NBDExport {
         do { try disk.read(offset: offset, into: buffer) } catch { throw nbdError(error) }
     }
 
+    func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        disk.readIfCached(offset: offset, into: buffer)
+    }
+
     func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {
         do { try disk.write(offset: offset, bytes: data, fua: fua) } catch { throw nbdError(error) }
     }
@@ -142,6 +146,10 @@ struct CheckpointExport: NBDExport {
 
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         do { try disk.readCheckpoint(offset: offset, into: buffer) } catch { throw nbdError(error) }
+    }
+
+    func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        disk.readCheckpointIfCached(offset: offset, into: buffer)
     }
 
     func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {

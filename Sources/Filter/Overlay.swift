@@ -1,4 +1,5 @@
 import BlockIO
+import NBD
 import Codecs
 import Synchronization
 #if canImport(Glibc)
@@ -244,6 +245,26 @@ final class Overlay: Sendable {
         case .merged: return false
         }
         return true
+    }
+
+    /// What `readIfCached` did.
+    enum CachedRead { case served, notInOverlay, wouldBlock }
+
+    /// `read(block:within:into:)` without blocking: `.wouldBlock` when the map is locked (a
+    /// flush holds it across fdatasync) or the slot's data is not in the page cache.
+    func readIfCached(block: UInt64, within: Int, into buffer: UnsafeMutableRawBufferPointer) -> CachedRead {
+        guard let lookup = state.withLockIfAvailable({ $0.map[block] }) else { return .wouldBlock }
+        guard let entry = lookup else { return .notInOverlay }
+        switch entry.kind {
+        case .data:
+            return PageCacheRead.read(dataFile, into: buffer,
+                                      at: entry.slot * blockSize + UInt64(within)) ? .served : .wouldBlock
+        case .zero:
+            buffer.initializeMemory(as: UInt8.self, repeating: 0)
+            return .served
+        case .merged:
+            return .notInOverlay
+        }
     }
 
     /// Makes every write so far durable and trusted after a crash.

@@ -30,6 +30,14 @@ final class ReadWriteLock: @unchecked Sendable {
         return try body()
     }
 
+    /// Runs `body` with the lock held shared if that needs no waiting; nil when a writer
+    /// holds or waits for the lock (for callers that must never block, like the event loop).
+    func withSharedIfAvailable<T>(_ body: () throws -> T) rethrows -> T? {
+        guard pthread_rwlock_tryrdlock(lock) == 0 else { return nil }
+        defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+
     func withExclusive<T>(_ body: () throws -> T) rethrows -> T {
         pthread_rwlock_wrlock(lock)
         defer { pthread_rwlock_unlock(lock) }

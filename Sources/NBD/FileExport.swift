@@ -21,6 +21,10 @@ public final class FileExport: NBDExport {
         try file.read(into: buffer, at: offset)
     }
 
+    public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        PageCacheRead.read(file, into: buffer, at: offset)
+    }
+
     public func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {
         try file.write(data, at: offset)
         if fua { try file.syncData() }

@@ -69,8 +69,8 @@ public struct NBDBlockStatusExtent: Sendable, Equatable, Hashable {
 /// A disk the server serves. The server validates every request (bounds, flags, read-only)
 /// before calling, so an export sees only in-range, well-formed calls.
 ///
-/// All methods are called on a thread pool and may block; several may run at once, also for
-/// the same connection. The server sends a request's reply only after its call returned, so
+/// All methods but `readIfCached` are called on a thread pool and may block; several may run
+/// at once, also for the same connection. The server sends a request's reply only after its call returned, so
 /// an export that records a change before writing (the filter) keeps "mark before acknowledge".
 /// Throw `NBDError` to choose the errno the client sees; any other error becomes `EIO`
 /// (`BlockIOError` maps by its code).
@@ -78,6 +78,12 @@ public protocol NBDExport: Sendable {
     var info: NBDExportInfo { get }
     /// Fills `buffer` with the bytes at `offset` (`buffer.count` bytes, at most 32 MiB).
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
+    /// The fast path of `read`, called on the event loop for small reads: fill `buffer` only
+    /// if that needs no disk I/O and no lock another thread may hold for long (see
+    /// `PageCacheRead`), and return true. Return false for anything else (data not cached,
+    /// a lock busy, an error): the server then calls `read` on the thread pool, and that call
+    /// reports errors. It must never block. The default returns false.
+    func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool
     /// Writes `data` at `offset`. With `fua` the data must be durable before returning.
     func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws
@@ -88,6 +94,10 @@ public protocol NBDExport: Sendable {
     /// The server drops zero-length extents, clips the list to the request and refuses an empty
     /// answer with `EIO` (it never invents a status of 0: for a dirty bitmap 0 means clean).
     func blockStatus(context: String, offset: UInt64, length: UInt32) throws -> [NBDBlockStatusExtent]
+}
+
+extension NBDExport {
+    public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool { false }
 }
 
 /// The set of exports a server offers.

@@ -9,8 +9,9 @@ import Glibc
 /// An NBD server (fixed newstyle, structured replies, meta contexts) for the exports of one
 /// provider, on a Unix socket or TCP.
 ///
-/// Each connection runs on an event loop; export calls run on a thread pool of `threads`
-/// threads, so requests of one connection overlap. A misbehaving or vanished client only
+/// Each connection runs on an event loop; small reads the page cache can answer are served
+/// there, every other export call runs on a thread pool of `threads` threads, so requests of
+/// one connection overlap. A misbehaving or vanished client only
 /// loses its own connection.
 public final class NBDServer: Sendable {
     private let provider: any NBDExportProvider
@@ -102,6 +103,10 @@ public final class NBDServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 16)
             // WRITE payloads are large: reading up to 1 MiB per syscall keeps the number of
             // reads, allocations and cumulation copies per request low.
+            // Reading stops while the channel is not writable (the client is not taking its
+            // replies); the marks leave room for a few large READ replies so that does not
+            // stall a pipelining client that is keeping up.
+            .childChannelOption(.writeBufferWaterMark, value: ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 4 << 20))
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { [weak self] channel in
                 guard let self, self.track(channel) else {

@@ -1,8 +1,9 @@
 import NIOCore
 
 /// The transmission phase without I/O: request validation and the execution of one request
-/// against an export, producing the complete reply bytes. The channel handler only moves
-/// these calls to a thread pool and writes what they return.
+/// against an export, producing the complete reply bytes. The channel handler only decides
+/// where these calls run (small cached reads on the event loop, the rest on a thread pool)
+/// and writes what they return.
 package enum NBDTransmission {
     /// Why a request cannot be served, checked on the event loop before any export call.
     /// Returns nil when the request is valid for this session.
@@ -82,21 +83,41 @@ package enum NBDTransmission {
         }
     }
 
+    /// The whole reply to a validated READ if the export can serve it without blocking
+    /// (`NBDExport.readIfCached`), nil otherwise. Safe on the event loop.
+    package static func readIfCached(_ r: NBDRequest, session: NBDSession, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        let length = Int(r.length)
+        let export = session.export
+        var b = readReplyHeader(r, structured: session.structuredReplies, allocator: allocator)
+        var served = false
+        b.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+            served = export.readIfCached(offset: r.offset, into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]))
+            return served ? length : 0
+        }
+        return served ? b : nil
+    }
+
     private static func read(_ r: NBDRequest, export: any NBDExport, structured: Bool,
                              allocator: ByteBufferAllocator) throws -> ByteBuffer {
         let length = Int(r.length)
-        var b = allocator.buffer(capacity: NBDReply.chunkHeaderSize + 8 + length)
+        var b = readReplyHeader(r, structured: structured, allocator: allocator)
+        // The export reads straight into the reply buffer: no intermediate copy.
+        try b.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
+            try export.read(offset: r.offset, into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]))
+            return length
+        }
+        return b
+    }
+
+    /// A buffer sized for the whole READ reply, holding its header; the data goes right after.
+    private static func readReplyHeader(_ r: NBDRequest, structured: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var b = allocator.buffer(capacity: NBDReply.chunkHeaderSize + 8 + Int(r.length))
         if structured {
             NBDReply.writeChunkHeader(into: &b, cookie: r.cookie, type: NBDProtocol.ChunkType.offsetData, done: true,
                                       length: 8 + r.length)
             b.writeInteger(r.offset)
         } else {
             NBDReply.writeSimple(into: &b, cookie: r.cookie)
-        }
-        // The export reads straight into the reply buffer: no intermediate copy.
-        try b.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { space in
-            try export.read(offset: r.offset, into: UnsafeMutableRawBufferPointer(rebasing: space[0..<length]))
-            return length
         }
         return b
     }

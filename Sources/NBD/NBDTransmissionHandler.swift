@@ -4,25 +4,39 @@ import NIOPosix
 
 /// Serves one connection's requests after the handshake.
 ///
-/// Export calls run on the thread pool so one slow disk request never holds up the event
-/// loop or the other requests of the same connection; replies are written as they complete
-/// (out of order across cookies, which NBD allows). A reply is built only after the export
-/// call returned, so the export's ordering guarantees (mark before acknowledge) hold.
+/// A small READ whose data is in the page cache is answered on the event loop
+/// (`NBDExport.readIfCached` never blocks): for 4 KiB reads the hop to a pool thread and back
+/// cost more than the read itself. Every other request (and a READ the cache cannot answer)
+/// runs on the thread pool, so one slow disk request never holds up the event loop, other
+/// connections, or the other requests of this one; replies are written as they complete (out
+/// of order across cookies, which NBD allows). A reply is built only after the export call
+/// returned, so the export's ordering guarantees (mark before acknowledge) hold.
+///
+/// Flushes are batched: replies written while handling one socket read are flushed once at
+/// `channelReadComplete`, and pool completions come back through an `NBDCompletionQueue`
+/// (one event loop wake-up and one flush per burst).
 final class NBDTransmissionHandler: ChannelDuplexHandler {
     typealias InboundIn = NBDRequestParser.Result
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    /// Requests, and bytes of reads and writes, in flight before we stop reading from the
-    /// socket (back-pressure): a client can never make us buffer more than this.
+    /// Requests, and bytes of reads and writes, in flight on the thread pool before we stop
+    /// reading from the socket (back-pressure). Reading also stops while the channel is not
+    /// writable (the client is not taking its replies), so replies cannot pile up either.
     static let maximumInFlight = 64
     static let maximumInFlightBytes = 128 << 20
+    /// The largest READ answered on the event loop: a memory copy of this size is short enough
+    /// not to delay other connections noticeably; larger reads run on the pool, in parallel.
+    static let inlineReadLimit = 128 << 10
 
     private let session: NBDSession
     private let threadPool: NIOThreadPool
     private let logger: Logger
+    private let completions = NBDCompletionQueue()
     private var inFlight = 0
     private var inFlightBytes = 0
+    /// Replies were written since the last flush (flushed at channelReadComplete).
+    private var flushPending = false
     /// DISC received, the server drains, or the stream broke: take no more requests.
     private var closing = false
     private var closed = false
@@ -52,6 +66,14 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
         }
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if flushPending {
+            flushPending = false
+            context.flush()
+        }
+        context.fireChannelReadComplete()
+    }
+
     private func handle(_ r: NBDRequest, context: ChannelHandlerContext) {
         if r.type == NBDProtocol.Command.disconnect {
             logger.debug("client disconnects")
@@ -62,39 +84,66 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
         let allocator = context.channel.allocator
         if let error = NBDTransmission.validate(r, session: session) {
             logger.debug("request refused", metadata: ["type": "\(r.type)", "error": "\(error)"])
-            context.writeAndFlush(wrapOutboundOut(NBDReply.error(error, cookie: r.cookie, structured: session.structuredReplies,
-                                                                  allocator: allocator)), promise: nil)
+            write(NBDReply.error(error, cookie: r.cookie, structured: session.structuredReplies, allocator: allocator),
+                  context: context)
+            return
+        }
+        if r.type == NBDProtocol.Command.read, r.length <= Self.inlineReadLimit, context.channel.isWritable,
+           let reply = NBDTransmission.readIfCached(r, session: session, allocator: allocator) {
+            write(reply, context: context)
             return
         }
         let bytes = r.type == NBDProtocol.Command.read || r.type == NBDProtocol.Command.write ? Int(r.length) : 0
         inFlight += 1
         inFlightBytes += bytes
-        let session = self.session
-        threadPool.runIfActive(eventLoop: context.eventLoop) {
-            NBDTransmission.perform(r, session: session, allocator: allocator)
-        }.assumeIsolated().whenComplete { result in
-            self.inFlight -= 1
-            self.inFlightBytes -= bytes
+        let session = self.session, completions = self.completions, eventLoop = context.eventLoop
+        let handler = NIOLoopBound((self, context), eventLoop: eventLoop)
+        threadPool.submit { state in
             let reply: ByteBuffer
-            switch result {
-            case .success(let b): reply = b
-            case .failure:
+            if case .active = state {
+                reply = NBDTransmission.perform(r, session: session, allocator: allocator)
+            } else {
                 reply = NBDReply.error(NBDError(.shutdown, "the server is shutting down"), cookie: r.cookie,
                                        structured: session.structuredReplies, allocator: allocator)
             }
-            if !self.closed { context.writeAndFlush(self.wrapOutboundOut(reply), promise: nil) }
-            if self.closing {
-                self.closeWhenIdle(context: context)
-            } else if self.readHeld && !self.saturated {
-                self.readHeld = false
-                context.read()
+            if completions.push(.init(reply: reply, bytes: bytes)) {
+                eventLoop.execute {
+                    let (handler, context) = handler.value
+                    handler.drainCompletions(context: context)
+                }
             }
+        }
+    }
+
+    /// Writes a reply; the flush comes at channelReadComplete, after the rest of this read.
+    private func write(_ reply: ByteBuffer, context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(reply), promise: nil)
+        flushPending = true
+    }
+
+    /// Sends every reply the pool finished since the last drain, with one flush.
+    private func drainCompletions(context: ChannelHandlerContext) {
+        let done = completions.takeAll()
+        for c in done {
+            inFlight -= 1
+            inFlightBytes -= c.bytes
+            if !closed { context.write(wrapOutboundOut(c.reply), promise: nil) }
+        }
+        if !closed, !done.isEmpty || flushPending {
+            flushPending = false
+            context.flush()
+        }
+        if closing {
+            closeWhenIdle(context: context)
+        } else {
+            resumeReading(context: context)
         }
     }
 
     private func closeWhenIdle(context: ChannelHandlerContext) {
         guard inFlight == 0, !closed else { return }
         closed = true
+        flushPending = false
         // An empty write-and-flush completes after every earlier reply left, so none is cut off.
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).assumeIsolated().whenComplete { _ in
             context.close(promise: nil)
@@ -105,12 +154,23 @@ final class NBDTransmissionHandler: ChannelDuplexHandler {
         inFlight >= Self.maximumInFlight || inFlightBytes >= Self.maximumInFlightBytes
     }
 
+    private func resumeReading(context: ChannelHandlerContext) {
+        guard readHeld, !saturated, context.channel.isWritable else { return }
+        readHeld = false
+        context.read()
+    }
+
     func read(context: ChannelHandlerContext) {
-        if saturated {
+        if saturated || !context.channel.isWritable {
             readHeld = true
             return
         }
         context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if !closing { resumeReading(context: context) }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
