@@ -201,11 +201,13 @@ struct NBDBadInputTests {
     }
 }
 
-/// An export whose read at offset 0 waits until a write elsewhere happened: it only completes
-/// if the server runs a connection's requests concurrently.
+/// An export whose read at offset 0 waits until a write elsewhere happened, then until the
+/// test opens `gate`: it only completes if the server runs a connection's requests
+/// concurrently, and the test decides when (so reply order is not left to thread timing).
 final class RendezvousExport: NBDExport {
     let info = NBDExportInfo(name: "r", size: 1 << 20, metaContexts: [])
     private let writeSeen = DispatchSemaphore(value: 0)
+    let gate = DispatchSemaphore(value: 0)
     let order = Mutex<[String]>([])
 
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
@@ -213,6 +215,7 @@ final class RendezvousExport: NBDExport {
             guard writeSeen.wait(timeout: .now() + 60) == .success else {
                 throw NBDError(.io, "the write never ran while this read was in flight: requests were serialized")
             }
+            guard gate.wait(timeout: .now() + 60) == .success else { throw NBDError(.io, "gate never opened") }
         }
         order.withLock { $0.append("read \(offset)") }
         buffer.initializeMemory(as: UInt8.self, repeating: 0)
@@ -295,8 +298,9 @@ struct NBDConcurrencyTests {
             try c.handshake(export: "r")
             try c.send(ClientMessage.request(type: 0, cookie: 1, offset: 0, length: 16)
                        + ClientMessage.request(type: 1, cookie: 2, offset: 4096, length: 4, payload: [1, 2, 3, 4]))
-            // The write's reply overtakes the blocked read's.
+            // The write's reply overtakes the blocked read's (which waits for the gate below).
             #expect(try c.simpleReply() == (0, 2))
+            export.gate.signal()
             #expect(try c.simpleReply() == (0, 1))
             _ = try c.receive(16)
         }
