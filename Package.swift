@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
         .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", systemPackage, logging]),
         .target(name: "Filter", dependencies: ["ChangeTracking", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
-        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "NBD", "Filter", "ChangeTracking", "Codecs", logging]),
+        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "Filter", "ChangeTracking", "Codecs", logging]),
         .executableTarget(name: "tessera", dependencies: [
             "Codecs", "BlockIO", "ChangeTracking", "NBD", "Filter", "BackupRepository", "Agent",
             argumentParser, logging,

@@ -1,4 +1,4 @@
-import Glibc
+internal import CLinuxShims
 
 /// Keeps the agent's peak memory close to what it really holds.
 ///
@@ -16,14 +16,5 @@ enum HeapTuning {
         _ = applied
     }
 
-    /// `M_MMAP_THRESHOLD` in <malloc.h>, part of glibc's ABI.
-    private static let mMmapThreshold: Int32 = -3
-
-    private static let applied: Bool = {
-        // <malloc.h> is not in the Glibc module map; look mallopt up instead of adding a
-        // shim. Without it (another libc) the default behaviour simply stays.
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return false }
-        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
-        return unsafeBitCast(symbol, to: Mallopt.self)(mMmapThreshold, mmapThreshold) == 1
-    }()
+    private static let applied: Bool = tessera_set_mmap_threshold(mmapThreshold) == 1
 }

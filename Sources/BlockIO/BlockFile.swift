@@ -1,4 +1,5 @@
 internal import CLinuxShims
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -165,6 +166,39 @@ public final class BlockFile: Sendable {
         }
         try writeZeroes(range)
     }
+
+    /// Fills `buffer` from `offset` only if every byte is in the page cache
+    /// (`preadv2(RWF_NOWAIT)`): a server can then answer on its event loop with a memory
+    /// copy and send everything else to its thread pool. Bytes past the end of the file read
+    /// as zeroes, as with `read`.
+    /// - Returns: false when the read would wait for the disk or failed for any reason; the
+    ///   caller then does an ordinary read, which reports real errors. `buffer` may be partly
+    ///   overwritten in that case.
+    public func readIfCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Bool {
+        guard let base = buffer.baseAddress, !Self.noWaitUnsupported.load(ordering: .relaxed) else { return buffer.isEmpty }
+        var done = 0
+        while done < buffer.count {
+            let n = tessera_pread_nowait(descriptor.rawValue, base + done, buffer.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                switch errno {
+                case EINTR: continue
+                case EOPNOTSUPP, EINVAL, ENOSYS: Self.noWaitUnsupported.store(true, ordering: .relaxed)
+                default: break
+                }
+                return false
+            }
+            if n == 0 {
+                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done)
+                return true
+            }
+            // A short read means only part is cached: the next call fails with EAGAIN or gets more.
+            done += n
+        }
+        return true
+    }
+
+    /// Set once the kernel or file system refused RWF_NOWAIT, so we stop asking.
+    private static let noWaitUnsupported = Atomic<Bool>(false)
 
     /// Starts reading a range into the page cache without waiting (posix_fadvise
     /// WILLNEED), so a later read finds it there: a reader overlaps its I/O with its work

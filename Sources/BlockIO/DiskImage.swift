@@ -201,6 +201,20 @@ public final class DiskImage: Sendable {
         return out.coalesced()
     }
 
+    /// Fills `buffer` from virtual offset `offset` only if every byte is in the page cache
+    /// (see `BlockFile.readIfCached`). False for anything else, including a range outside
+    /// the disk; `buffer` may be partly overwritten then.
+    public func readIfCached(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Bool {
+        guard offset <= size, UInt64(buffer.count) <= size - offset else { return false }
+        var cached = true
+        try? forEachPiece(of: ByteRange(offset: offset, length: UInt64(buffer.count))) { file, fileOffset, piece in
+            guard cached else { return }
+            let start = Int(piece.offset - offset)
+            cached = file.readIfCached(into: UnsafeMutableRawBufferPointer(rebasing: buffer[start..<start + Int(piece.length)]), at: fileOffset)
+        }
+        return cached
+    }
+
     /// Starts reading a range into the page cache (see `BlockFile.prefetch`). Advisory.
     public func prefetch(_ range: ByteRange) {
         guard let r = ByteRange(offset: 0, length: size).intersection(range) else { return }

@@ -1,6 +1,8 @@
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/uio.h>
+#include <malloc.h>
 #include "linux_shims.h"
 
 int tessera_punch_hole(int fd, off_t offset, off_t length) {
@@ -18,3 +20,10 @@ int tessera_start_writeback(int fd, off_t offset, off_t length) {
 int tessera_prefetch(int fd, off_t offset, off_t length) {
     return posix_fadvise(fd, offset, length, POSIX_FADV_WILLNEED);
 }
+
+ssize_t tessera_pread_nowait(int fd, void *buffer, size_t length, off_t offset) {
+    struct iovec iov = { .iov_base = buffer, .iov_len = length };
+    return preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
+}
+
+int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }

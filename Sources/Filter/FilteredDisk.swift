@@ -20,8 +20,6 @@ public final class FilteredDisk: Sendable {
     /// Shared for I/O; exclusive to switch epochs (checkpoint) and for each merge batch.
     let io = ReadWriteLock()
     private let overlayBox: Mutex<Overlay?>
-    /// Page-cache-only reads of the image for the event loop; nil when unavailable.
-    private let cachedReader: CachedImageReader?
     private let releaseInProgress = Mutex(false)
     /// Who opened the open checkpoint; kept in `checkpoint-owner.json` so it survives restarts.
     private let owner = Mutex<CheckpointOwner?>(nil)
@@ -41,7 +39,6 @@ public final class FilteredDisk: Sendable {
         self.stateDirectory = stateDirectory
         self.blockSize = tracker.status().granularity
         self.overlayBox = Mutex(overlay)
-        self.cachedReader = CachedImageReader(image: image)
         self.attachNotes = notes
         if overlay != nil, let bytes = try? DurableFile.read(ownerPath),
            let saved = try? JSONDecoder().decode(CheckpointOwner.self, from: Data(bytes)) {
@@ -137,17 +134,17 @@ public final class FilteredDisk: Sendable {
     /// `read` if it needs no disk I/O and no waiting for a lock (the NBD server calls it on its
     /// event loop); false otherwise, and the caller then uses `read`.
     public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard let cachedReader, offset <= size, UInt64(buffer.count) <= size - offset else { return false }
+        guard offset <= size, UInt64(buffer.count) <= size - offset else { return false }
         // Shared like `read`, so a checkpoint or a merge batch never sees this read half done.
         let served = io.withSharedIfAvailable { () -> Bool in
-            guard let overlay else { return cachedReader.read(into: buffer, at: offset) }
+            guard let overlay else { return image.readIfCached(into: buffer, at: offset) }
             var served = true
             forEachBlockPiece(offset: offset, count: buffer.count) { block, within, at, pieceRange in
                 guard served else { return }
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[pieceRange])
                 switch overlay.readIfCached(block: block, within: within, into: piece) {
                 case .served: break
-                case .notInOverlay: served = cachedReader.read(into: piece, at: at)
+                case .notInOverlay: served = image.readIfCached(into: piece, at: at)
                 case .wouldBlock: served = false
                 }
             }
@@ -158,8 +155,8 @@ public final class FilteredDisk: Sendable {
 
     /// `readCheckpoint` if every byte is in the page cache; false otherwise.
     public func readCheckpointIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard let cachedReader, offset <= size, UInt64(buffer.count) <= size - offset, overlay != nil else { return false }
-        return cachedReader.read(into: buffer, at: offset)
+        guard overlay != nil else { return false }
+        return image.readIfCached(into: buffer, at: offset)
     }
 
     /// Reads the base file: the disk exactly as it was at the open checkpoint.

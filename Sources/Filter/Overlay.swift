@@ -257,7 +257,7 @@ final class Overlay: Sendable {
         guard let entry = lookup else { return .notInOverlay }
         switch entry.kind {
         case .data:
-            return PageCacheRead.read(dataFile, into: buffer,
+            return dataFile.readIfCached(into: buffer,
                                       at: entry.slot * blockSize + UInt64(within)) ? .served : .wouldBlock
         case .zero:
             buffer.initializeMemory(as: UInt8.self, repeating: 0)

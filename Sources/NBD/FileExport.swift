@@ -22,7 +22,7 @@ public final class FileExport: NBDExport {
     }
 
     public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        PageCacheRead.read(file, into: buffer, at: offset)
+        file.readIfCached(into: buffer, at: offset)
     }
 
     public func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {

@@ -80,7 +80,7 @@ public protocol NBDExport: Sendable {
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
     /// The fast path of `read`, called on the event loop for small reads: fill `buffer` only
     /// if that needs no disk I/O and no lock another thread may hold for long (see
-    /// `PageCacheRead`), and return true. Return false for anything else (data not cached,
+    /// `BlockFile.readIfCached`), and return true. Return false for anything else (data not cached,
     /// a lock busy, an error): the server then calls `read` on the thread pool, and that call
     /// reports errors. It must never block. The default returns false.
     func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool

@@ -246,9 +246,9 @@ struct NBDFastPathTests {
         // A blocking read first, so the pages are certainly cached.
         _ = try file.read(count: 20000, at: 0)
         var out = [UInt8](repeating: 0xEE, count: 8192)
-        #expect(out.withUnsafeMutableBytes { PageCacheRead.read(file, into: $0, at: 4000) })
+        #expect(out.withUnsafeMutableBytes { file.readIfCached(into: $0, at: 4000) })
         #expect(out == Array(bytes[4000..<12192]))
-        #expect(out.withUnsafeMutableBytes { PageCacheRead.read(file, into: $0, at: 16000) })
+        #expect(out.withUnsafeMutableBytes { file.readIfCached(into: $0, at: 16000) })
         #expect(out == Array(bytes[16000...]) + [UInt8](repeating: 0, count: 8192 - 4000))
         let export = try FileExport(path: path)
         #expect(out.withUnsafeMutableBytes { export.readIfCached(offset: 100, into: $0) })

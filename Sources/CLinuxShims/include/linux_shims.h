@@ -1,4 +1,4 @@
-// Linux calls that Glibc's Swift overlay does not expose without _GNU_SOURCE.
+// Linux calls that Glibc's Swift overlay does not expose (they need _GNU_SOURCE or <malloc.h>).
 #pragma once
 #include <sys/types.h>
 
@@ -12,3 +12,8 @@ off_t tessera_seek_hole(int fd, off_t offset);
 int tessera_start_writeback(int fd, off_t offset, off_t length);
 /// posix_fadvise(POSIX_FADV_WILLNEED): starts reading a range into the page cache.
 int tessera_prefetch(int fd, off_t offset, off_t length);
+/// preadv2(RWF_NOWAIT) of one buffer: copies only what the page cache holds; fails with
+/// EAGAIN instead of waiting for the disk.
+ssize_t tessera_pread_nowait(int fd, void *buffer, size_t length, off_t offset);
+/// mallopt(M_MMAP_THRESHOLD, bytes): a fixed threshold (switches glibc's dynamic one off).
+int tessera_set_mmap_threshold(int bytes);
