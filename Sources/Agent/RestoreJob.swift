@@ -65,7 +65,6 @@ public struct RestoreJob: Sendable {
     /// Chunks per unit of work: read from the packs together and written with as few
     /// writes as possible (2 MiB of disk at 64 KiB chunks, per worker).
     static let batch = 32
-    static let prefetchBatches = 8
 
     public init(options: RestoreOptions) { self.options = options }
 
@@ -83,25 +82,7 @@ public struct RestoreJob: Sendable {
         let target = try openTarget(size: size)
 
         let chunkCount = RepositoryAccess.count(map)
-        // Claims the next batch and keeps `prefetchBatches` batches ahead hinted, so pack
-        // reads overlap decompression (hints under the lock: always before the claim).
-        let cursor = Mutex<(next: Int, prefetched: Int)>((0, 0))
-        let claim: @Sendable () -> Int? = {
-            cursor.withLock { c in
-                let first = c.next
-                guard first < chunkCount else { return nil }
-                c.next += Self.batch
-                let until = min(first + Self.prefetchBatches * Self.batch, chunkCount)
-                var at = max(c.prefetched, first)
-                while at < until {
-                    let end = min(at + Self.batch, until)
-                    repository.prefetchChunks((at..<end).map { RepositoryAccess.get(map, $0) })
-                    at = end
-                }
-                c.prefetched = max(c.prefetched, until)
-                return first
-            }
-        }
+        let next = Atomic<Int>(0)
         let written = Atomic<Int>(0), zero = Atomic<Int>(0), unchanged = Atomic<Int>(0)
         let bytesWritten = Atomic<UInt64>(0)
         let damaged = Mutex<[DamagedRange]>([])
@@ -116,7 +97,8 @@ public struct RestoreJob: Sendable {
                 var buffer = [UInt8](repeating: 0, count: Self.batch * slot)
                 var existing = [UInt8](repeating: 0, count: fresh ? 0 : slot)
                 while failure.withLock({ $0 == nil }) {
-                    guard let first = claim() else { return }
+                    let first = next.add(Self.batch, ordering: .relaxed).oldValue
+                    if first >= chunkCount { return }
                     let end = min(first + Self.batch, chunkCount)
                     do {
                         // What each chunk of the batch needs: nil = nothing to fetch.

@@ -226,12 +226,6 @@ public final class LocalObjectStore: ObjectStore {
         }
     }
 
-    public func prefetch(_ key: ObjectKey, range: ByteRange) {
-        guard (try? validate(key)) != nil, let file = try? BlockFile(path: path(of: key), mode: .readOnly) else { return }
-        // The read-ahead the kernel starts outlives the descriptor.
-        file.prefetch(range)
-    }
-
     private func openExisting(_ key: ObjectKey) throws -> BlockFile {
         do {
             return try BlockFile(path: path(of: key), mode: .readOnly)

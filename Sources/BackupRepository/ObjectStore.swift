@@ -96,9 +96,6 @@ public protocol ObjectStore: Sendable {
     /// compressed instead of holding a whole pack in memory. The object is invisible (a
     /// leftover if the writer dies) until `ObjectStream.finish(as:)`.
     func beginObject(_ kind: ObjectKind) throws -> any ObjectStream
-    /// Hints that a byte range of an object will be read soon (a restore reading ahead).
-    /// Advisory: stores that cannot use it ignore it, and errors are ignored.
-    func prefetch(_ key: ObjectKey, range: ByteRange)
 }
 
 /// An object being written in pieces (see `ObjectStore.beginObject`). Appends come from one
@@ -156,6 +153,4 @@ extension ObjectStore {
     public func beginObject(_ kind: ObjectKind) throws -> any ObjectStream {
         BufferedObjectStream(store: self, kind: kind)
     }
-
-    public func prefetch(_ key: ObjectKey, range: ByteRange) {}
 }

@@ -347,15 +347,6 @@ public final class Repository: Sendable {
         return out
     }
 
-    /// Hints that these chunks will be read soon (`readChunks` of the same list), so their
-    /// pack ranges are fetched while earlier chunks decompress. Advisory.
-    public func prefetchChunks(_ ids: [ChunkID?]) {
-        let locations = ids.map { id in id.flatMap { location(of: $0) } }
-        for run in Self.runs(locations) {
-            store.prefetch(ObjectKey(.pack, run.first.pack.hex), range: ByteRange(offset: run.first.offset, length: run.runEnd - run.first.offset))
-        }
-    }
-
     /// Reads and checks a whole pack (footer, trailer checksum, every envelope, its name).
     /// The trailer lists every chunk: what `repair index` rebuilds an index from.
     public func verifyPack(_ id: PackID) throws -> [PackEntry] {
