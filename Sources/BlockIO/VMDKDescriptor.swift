@@ -99,12 +99,18 @@ public struct VMDKDescriptor: Sendable, Equatable {
         guard bytes.count <= sizeLimit else {
             throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is \(bytes.count) bytes, more than the \(sizeLimit)-byte limit; a descriptor is a small text file, so this one is damaged or not a descriptor")
         }
-        // qemu rewrites descriptors (a new CID after a write) padded with zero bytes to a whole
-        // sector, so trailing zeroes end the text; a zero byte followed by anything else is binary.
+        // qemu rewrites a descriptor after a write (new CID) in place, as a C string padded
+        // with zero bytes: when the new CID has fewer hex digits than the old one, the old
+        // text's last bytes stay behind the terminating zero. qemu reads up to the first zero,
+        // and so do we, as long as what follows is such leftover text; binary bytes after a
+        // zero mean this is not a descriptor.
         var bytes = bytes[...]
-        while bytes.last == 0 { bytes = bytes.dropLast() }
         if let zero = bytes.firstIndex(of: 0) {
-            throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is not text (a zero byte at offset \(zero)); it is damaged or not a descriptor")
+            let leftover = bytes[zero...].allSatisfy { $0 == 0 || $0 == 9 || $0 == 10 || $0 == 13 || (32...126).contains($0) }
+            guard leftover else {
+                throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is not text (a zero byte at offset \(zero)); it is damaged or not a descriptor")
+            }
+            bytes = bytes[..<zero]
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw BlockIOError(.corrupt, "\(source): the VMDK descriptor is not valid UTF-8 text; it is damaged or not a descriptor")

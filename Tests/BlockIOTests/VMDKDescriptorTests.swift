@@ -49,6 +49,19 @@ struct VMDKDescriptorTests {
         #expect(try VMDKDescriptor.parse(padded, source: "x").extents.count == 1)
     }
 
+    @Test func leftoverTextAfterTheTerminatingZeroIsIgnoredAsQemuDoes() throws {
+        // qemu wrote a 7-digit CID over an 8-digit one in place: the old text's last byte (a
+        // newline) and its own are left behind the terminating zero. Seen in CI from qemu-io.
+        let text = descriptorText(extents: ["RW 8 FLAT \"a.vmdk\" 0"])
+        let rewritten = Array(text.utf8) + [0] + Array("\"\n".utf8) + [UInt8](repeating: 0, count: 512 - text.utf8.count - 3)
+        let d = try VMDKDescriptor.parse(rewritten, source: "x")
+        #expect(d.extents.map(\.fileName) == ["a.vmdk"])
+        // Binary bytes after a zero are still "not text".
+        expectBlockIOError(.corrupt, mentioning: ["not text"]) {
+            _ = try VMDKDescriptor.parse(Array(text.utf8) + [0, 0x9c, 0x01], source: "x")
+        }
+    }
+
     @Test func detectionLooksAtTheFirstLinesOnly() {
         #expect(VMDKDescriptor.looksLikeDescriptor(Array("# Disk DescriptorFile\ngarbage".utf8)))
         #expect(VMDKDescriptor.looksLikeDescriptor(Array("\n# a comment\n  version=1\n".utf8)))
