@@ -13,6 +13,6 @@ struct Tessera: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [InitCommand.self, SnapshotsCommand.self, BackupCommand.self, RestoreCommand.self,
-                      DiffCommand.self, FilterCommand.self, CheckCommand.self, ForgetCommand.self, PruneCommand.self, RepairCommand.self]
+                      DiffCommand.self, ServeCommand.self, FilterCommand.self, CheckCommand.self, ForgetCommand.self, PruneCommand.self, RepairCommand.self, UnlockCommand.self]
     )
 }

@@ -59,3 +59,30 @@ struct SnapshotsCommand: ParsableCommand {
         print("\(rows.count) snapshots")
     }
 }
+
+struct UnlockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unlock",
+        abstract: "Remove locks left by processes that are gone.",
+        discussion: """
+            Without options, removes stale locks only: a process on this host that no longer \
+            runs, or a lock not refreshed for 30 minutes (a live backup refreshes its lock every \
+            5 minutes). --remove-all removes every lock; use it only when you know no tessera \
+            process (on any host) uses the repository.
+            """)
+    @OptionGroup var repository: RepositoryOptions
+    @Flag(help: "Remove every lock, stale or not.") var removeAll = false
+
+    func run() throws {
+        let removed = try reportingErrors { () -> [LockInfo] in
+            let repo = try Repository.open(at: repository.path)
+            if !removeAll { return try repo.removeStaleLocks() }
+            let all = try repo.locks()
+            for l in all { try repo.store.delete(ObjectKey(.lock, l.id)) }
+            try repo.store.syncPendingDirectories()
+            return all
+        }
+        for l in removed { print("removed \(l.summary)") }
+        print(removed.isEmpty ? "no lock to remove" : "\(removed.count) lock\(removed.count == 1 ? "" : "s") removed")
+    }
+}
