@@ -36,8 +36,9 @@ public final class PipelineCounters: Sendable {
 /// segment overlaps with hashing and compressing others; memory is bounded by
 /// `workers × segmentSize`. The segments just ahead of the workers are prefetched (up to
 /// `prefetchBytes` or `prefetchSegments`), so reads mostly find the page cache filled, and
-/// an incremental's scattered blocks go to the disk as many requests at once. A source that cannot be read concurrently (one NBD connection)
-/// serialises its reads internally while the CPU work stays parallel.
+/// an incremental's scattered blocks go to the disk as many requests at once. A source that
+/// cannot be read concurrently (one NBD connection) serialises its reads internally while
+/// the CPU work stays parallel.
 struct ChunkPipeline {
     static let segmentSize: UInt64 = 4 << 20
     static let prefetchBytes: UInt64 = 32 << 20

@@ -111,14 +111,17 @@ public struct RestoreJob: Sendable {
                             if id == nil { zero.add(1, ordering: .relaxed) }
                             if !fresh {
                                 try existing.withUnsafeMutableBytes { try target.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<length]), at: offset) }
-                                let current = existing.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[0..<length]) }
-                                if let id, XXH3.hash128(current) == id {
+                                let (hash, isZero) = existing.withUnsafeBytes { all in
+                                    let current = UnsafeRawBufferPointer(rebasing: all[0..<length])
+                                    return (XXH3.hash128(current), ChunkPipeline.isAllZero(current))
+                                }
+                                if let id, hash == id {
                                     unchanged.add(1, ordering: .relaxed)
                                     fetch.append(nil)
                                     continue
                                 }
                                 // A fresh sparse target already reads zeroes: only here may a hole be needed.
-                                if id == nil, !ChunkPipeline.isAllZero(current) {
+                                if id == nil, !isZero {
                                     try target.punchHole(ByteRange(offset: offset, length: UInt64(length)))
                                 }
                             }

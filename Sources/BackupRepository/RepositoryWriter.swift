@@ -98,10 +98,17 @@ public final class RepositoryWriter: Sendable {
             let sealed = try state.withLock { s -> SealedPack? in
                 if let f = s.failure { throw f }
                 if s.open == nil { s.open = try PackSink(store.beginObject(.pack)) }
-                try s.open!.append(envelope: envelope, id: id, rawLength: rawLength)
-                guard s.open!.byteCount >= packTargetSize else { return nil }
-                defer { s.open = nil }
-                return try s.open!.seal()
+                do {
+                    try s.open!.append(envelope: envelope, id: id, rawLength: rawLength)
+                    guard s.open!.byteCount >= packTargetSize else { return nil }
+                    defer { s.open = nil }
+                    return try s.open!.seal()
+                } catch {
+                    // The writer closes; its half-written pack file goes now, not at the next prune.
+                    s.open?.discard()
+                    s.open = nil
+                    throw error
+                }
             }
             if let sealed { enqueue(sealed) }
             return .new(storedBytes: envelope.count)

@@ -1,5 +1,4 @@
 import BlockIO
-import NBD
 import Codecs
 import Synchronization
 #if canImport(Glibc)
