@@ -27,3 +27,20 @@ func packFiles(_ repo: String) -> [String] {
 }
 
 func hex(_ bytes: some Collection<UInt8>) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+/// Flips one byte of chunk `index` of a `makeDisk` disk where it is stored (random chunks are
+/// stored raw, so its bytes can be found in a pack without repository code).
+/// - Returns: the ID of the pack that held it.
+@discardableResult
+func damageChunk(_ index: Int, of disk: Data, in repo: String) throws -> String {
+    let needle = disk.subdata(in: index * 65536..<(index * 65536 + 64))
+    for pack in packFiles(repo) {
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: pack))
+        if let r = bytes.range(of: needle) {
+            bytes[r.lowerBound + 100] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: pack))
+            return URL(fileURLWithPath: pack).deletingPathExtension().lastPathComponent
+        }
+    }
+    throw CommandError(description: "chunk \(index) was not found stored raw in any pack")
+}

@@ -12,20 +12,8 @@ struct RestoreDamageCLITests {
         // 40 chunks: more than one restore batch, so the damage sits inside a run of reads.
         let disk = try makeDisk(at: source, chunks: 40, seed: 47)
         let snapshot = try Tessera.backup(repo: repo, source: source)
-        // Chunk 33 is random, so stored raw: find its bytes in a pack and flip one.
         let victim = 33, start = victim * 65536
-        let needle = disk.subdata(in: start..<(start + 64))
-        var damagedPack: String?
-        for pack in packFiles(repo) {
-            var bytes = try Data(contentsOf: URL(fileURLWithPath: pack))
-            if let r = bytes.range(of: needle) {
-                bytes[r.lowerBound + 100] ^= 0x01
-                try bytes.write(to: URL(fileURLWithPath: pack))
-                damagedPack = URL(fileURLWithPath: pack).deletingPathExtension().lastPathComponent
-            }
-        }
-        let pack = try #require(damagedPack)
-
+        let pack = try damageChunk(victim, of: disk, in: repo)
         let stopped = try Tessera.run(["restore", "--repo", repo, snapshot, "--to", dir.file("a.raw")])
         #expect(stopped.status == 1)
         for fragment in [snapshot, "[\(start), \(start + 65536))", pack, "--keep-going"] {

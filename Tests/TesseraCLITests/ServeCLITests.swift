@@ -95,18 +95,7 @@ struct ServeCLITests {
         try Tessera.ok(["init", "--repo", repo])
         let disk = try makeDisk(at: source, chunks: 8, seed: 43)
         let snapshot = try Tessera.backup(repo: repo, source: source)
-        // Chunk 2 is random, so stored raw: find its bytes in the pack and flip one.
-        let needle = disk.subdata(in: 2 * 65536..<(2 * 65536 + 64))
-        var damaged = false
-        for pack in packFiles(repo) {
-            var bytes = try Data(contentsOf: URL(fileURLWithPath: pack))
-            if let r = bytes.range(of: needle) {
-                bytes[r.lowerBound + 100] ^= 0x01
-                try bytes.write(to: URL(fileURLWithPath: pack))
-                damaged = true
-            }
-        }
-        try #require(damaged)
+        try damageChunk(2, of: disk, in: repo)
         let server = try Server(repo: repo, snapshot: snapshot, directory: dir.path)
         let bad = try runCommand("qemu-io", ["-r", "-f", "raw", "-c", "read 131072 4096", server.uri])
         #expect((bad.stdout + bad.stderr).contains("Input/output error"), "a damaged chunk was served: \(bad.stdout)\(bad.stderr)")
