@@ -144,19 +144,18 @@ public final class BackupJob: Sendable {
             do {
                 checkpoint = try control.checkpoint(disk: options.disk)
             } catch let e as FilterError where e.code == .checkpointOpen {
-                // A checkpoint whose backup died can never be released by it: release it
-                // (abort: nothing is lost) and take ours. One held by a live or unknown
-                // process is left alone.
-                guard let owner = try control.status(disk: options.disk).first?.checkpoint?.owner,
-                      owner.isDeadOnThisHost else { throw e }
-                log("released a checkpoint left open by a backup that died (pid \(owner.pid))")
+                // A checkpoint nobody can be using any more (its owner died, its lease ran out
+                // and no reader is connected) is released with abort: nothing is lost. One
+                // that may be in use is left alone, and the message says who holds it.
+                guard let open = try control.status(disk: options.disk).first?.checkpoint else { throw e }
+                guard let stale = open.stale else {
+                    throw AgentError(.filter, Self.heldMessage(open, disk: options.disk, control: path))
+                }
+                log("released checkpoint \(open.changeID) with abort (nothing is lost): \(stale)")
                 _ = try control.release(disk: options.disk, commit: false)
                 checkpoint = try control.checkpoint(disk: options.disk)
             }
         } catch let e as FilterError {
-            if e.code == .checkpointOpen {
-                throw AgentError(.filter, "\(e.message). If no backup of \(options.disk) is running, an earlier one died: run `tessera filter release --control \(path) --disk \(options.disk) --abort`")
-            }
             throw AgentError(.filter, e.message)
         }
         do {
@@ -200,6 +199,21 @@ public final class BackupJob: Sendable {
             _ = try? control.release(disk: options.disk, commit: false)
             throw error
         }
+    }
+
+    /// Who holds a checkpoint that is in use, and what to do.
+    static func heldMessage(_ open: CheckpointStatus, disk: String, control: String) -> String {
+        let release = "tessera filter release --control \(control) --disk \(disk) --abort"
+        if let readers = open.readers, readers > 0 {
+            return "disk \(disk) has checkpoint \(open.changeID) open and \(readers) reader\(readers == 1 ? " is" : "s are") still copying \(disk)@checkpoint; wait for the copy to finish (its tool then releases the checkpoint), or stop it and run `\(release)`"
+        }
+        guard let owner = open.owner else {
+            return "disk \(disk) has checkpoint \(open.changeID) open, taken by an unknown holder; if nothing is reading it, run `\(release)` (nothing is lost)"
+        }
+        if let pid = owner.pid {
+            return "a backup of disk \(disk) is running (process \(pid) on \(owner.host) holds checkpoint \(open.changeID)); wait for it to finish"
+        }
+        return "disk \(disk) has checkpoint \(open.changeID) open, held by \(owner.holderDescription); when its reader is done, release it (`\(release)`), or wait for the lease to run out"
     }
 
     /// Why an incremental on top of `parent` is not possible, or nil when it is.

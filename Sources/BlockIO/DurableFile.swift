@@ -69,4 +69,23 @@ public enum DurableFile {
         let dir = String(path[..<slash])
         return dir.isEmpty ? "/" : dir
     }
+
+    /// Bytes an unprivileged writer may still use on the file system holding `directory`.
+    public static func freeSpace(in directory: String) throws -> UInt64 {
+        var st = statvfs()
+        guard statvfs(directory, &st) == 0 else {
+            throw BlockIOError.from(Errno(rawValue: errno), "read the file system's free space", path: directory)
+        }
+        return UInt64(st.f_bavail) * UInt64(st.f_frsize)
+    }
+
+    /// Checks before changing anything that `bytes` fit, so a step that needs the room does
+    /// not fail halfway and leave things half changed.
+    /// - Throws: `BlockIOError.noSpace` saying how much is needed and how much is free.
+    public static func requireFreeSpace(_ bytes: UInt64, in directory: String, for what: String) throws {
+        let free = try freeSpace(in: directory)
+        guard free >= bytes else {
+            throw BlockIOError(.noSpace, "\(directory): \(what) needs \(bytes) bytes but only \(free) are free; free space there (or move the state directory) and retry")
+        }
+    }
 }

@@ -25,10 +25,42 @@ struct ActivityLog: ~Copyable {
     let slotCount: Int
     let extentSize: UInt64
 
-    /// Replaces the log with an empty one (atomically: the old log stays whole until the new
-    /// one is durable under its name).
-    init(create path: String, slotCount: Int, extentSize: UInt64, generation: UUID) throws {
-        var w = ByteWriter(capacity: Self.headerSize + slotCount * Self.slotSize)
+    /// Makes `path` an empty log of this shape and opens it.
+    ///
+    /// A log of the same size is emptied in place (slots zeroed first, then the header), so a
+    /// restart needs no free space: a state file system with less room than one log must not
+    /// keep the filter from starting after a clean shutdown. Until the new header lands the
+    /// old one stays valid, and every record left in a slot is at or below the state file's
+    /// log sequence (the caller saves the state first), so a crash in between replays nothing
+    /// wrong. A log of another shape is replaced atomically, after checking the space.
+    init(prepare path: String, slotCount: Int, extentSize: UInt64, generation: UUID) throws {
+        let header = Self.header(slotCount: slotCount, extentSize: extentSize, generation: generation)
+        let total = UInt64(Self.headerSize + slotCount * Self.slotSize)
+        if let existing = try? BlockFile(path: path, mode: .readWrite), (try? existing.size()) == total {
+            let zeroes = [UInt8](repeating: 0, count: 256 * Self.slotSize)
+            var at = UInt64(Self.headerSize)
+            while at < total {
+                let n = Int(min(UInt64(zeroes.count), total - at))
+                try zeroes.withUnsafeBytes { try existing.write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: at) }
+                at += UInt64(n)
+            }
+            try existing.syncData()
+            try existing.write(header, at: 0)
+            try existing.syncData()
+            file = existing
+        } else {
+            try DurableFile.requireFreeSpace(total, in: DurableFile.parentDirectory(of: path), for: "a new activity log")
+            // Written out in full (no holes) so appends never allocate and fdatasync stays cheap.
+            try DurableFile.write(header + [UInt8](repeating: 0, count: Int(total) - header.count), to: path)
+            file = try BlockFile(path: path, mode: .readWrite)
+        }
+        self.slotCount = slotCount
+        self.extentSize = extentSize
+    }
+
+    /// The header block (`headerSize` bytes).
+    static func header(slotCount: Int, extentSize: UInt64, generation: UUID) -> [UInt8] {
+        var w = ByteWriter(capacity: Self.headerSize)
         w.raw(Self.magic)
         w.u32(Self.version)
         w.u32(UInt32(Self.slotSize))
@@ -37,12 +69,8 @@ struct ActivityLog: ~Copyable {
         w.uuid(generation)
         let checksum = w.bytes.withUnsafeBytes { XXH3.hash64($0) }
         w.u64(checksum)
-        // Written out in full (no holes) so appends never allocate and fdatasync stays cheap.
-        w.raw([UInt8](repeating: 0, count: Self.headerSize + slotCount * Self.slotSize - w.bytes.count))
-        try DurableFile.write(w.bytes, to: path)
-        file = try BlockFile(path: path, mode: .readWrite)
-        self.slotCount = slotCount
-        self.extentSize = extentSize
+        w.raw([UInt8](repeating: 0, count: Self.headerSize - w.bytes.count))
+        return w.bytes
     }
 
     /// Writes one record into its slot (`sequence % slotCount`). Not durable until `sync()`.

@@ -115,23 +115,45 @@ extension ChangeTracker {
         }
         if newGenerationReason == nil { state.openReport = report }
 
-        // Order matters: the state (with replayed marks) is durable before the log that held
-        // them is replaced, and "in use" is durable before any mark is accepted.
-        let log: ActivityLog
-        let tracker: ChangeTracker
-        do {
-            let bytes = StateFile.encode(generation: state.generation, generationReason: state.generationReason, map: state.map,
-                                         checkpoint: state.checkpoint, lastCommitted: state.lastCommitted,
-                                         identity: state.identity, logSequence: lastLogSequence)
-            try DurableFile.write(bytes, to: statePath)
-            try DurableFile.write(Array("in use by process \(getpid())\n".utf8), to: inUsePath)
-            log = try ActivityLog(create: logPath, slotCount: configuration.activityLogSlots,
-                                  extentSize: configuration.activityLogExtentSize, generation: state.generation)
-        } catch {
-            throw TrackerError(.io, "cannot prepare the state directory \(stateDirectory): \(error)", cause: error)
+        // Sequences never go back: every record still in the old log is at or below the
+        // sequence the state file is saved with, so none of them can be replayed later, even
+        // if a crash leaves some behind while the log is emptied.
+        if let old = try? ActivityLog.read(logPath), let newest = old.records.values.map(\.sequence).max(), newest > lastLogSequence {
+            lastLogSequence = newest
+            state.lastAssignedLogSequence = newest
+            state.persistedLogSequence = newest
+            state.snapshotLogSequence = newest
         }
-        tracker = ChangeTracker(stateDirectory: stateDirectory, configuration: configuration, state: state, log: log)
-        return tracker
+
+        // Order matters: the state (with replayed marks) is durable before the log that held
+        // them is emptied, and "in use" is durable before any mark is accepted. "In use" comes
+        // last, so a start that fails on the way leaves a clean shutdown clean.
+        let bytes = StateFile.encode(generation: state.generation, generationReason: state.generationReason, map: state.map,
+                                     checkpoint: state.checkpoint, lastCommitted: state.lastCommitted,
+                                     identity: state.identity, logSequence: lastLogSequence)
+        let log = try prepareFiles(stateDirectory: stateDirectory, state: bytes, configuration: configuration,
+                                   generation: state.generation, unclean: unclean)
+        return ChangeTracker(stateDirectory: stateDirectory, configuration: configuration, state: state, log: log)
+    }
+
+    /// Writes the state file, empties the activity log and sets "in use", in that order.
+    private static func prepareFiles(stateDirectory: String, state: [UInt8], configuration: TrackerConfiguration,
+                                     generation: UUID, unclean: Bool) throws -> ActivityLog {
+        do {
+            try DurableFile.write(state, to: statePath(in: stateDirectory))
+            let log = try ActivityLog(prepare: logPath(in: stateDirectory), slotCount: configuration.activityLogSlots,
+                                      extentSize: configuration.activityLogExtentSize, generation: generation)
+            let inUse = Array("in use by process \(getpid())\n".utf8)
+            if unclean {
+                // Already set by the run that crashed; the new text only helps a reader.
+                try? DurableFile.write(inUse, to: inUsePath(in: stateDirectory))
+            } else {
+                try DurableFile.write(inUse, to: inUsePath(in: stateDirectory))
+            }
+            return log
+        } catch {
+            throw TrackerError(.io, "cannot prepare the state directory \(stateDirectory): \(error); nothing was lost, the tracking state is as it was", cause: error)
+        }
     }
 
     /// Why a loaded state cannot be reused for this disk, or nil when it can.

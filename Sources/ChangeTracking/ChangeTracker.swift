@@ -162,7 +162,17 @@ public final class ChangeTracker: Sendable {
         do {
             try persistState(identity: nil)
         } catch {
-            throw TrackerError(.io, "checkpoint \(info.changeID) was taken but could not be saved (\(error)); release it with commit: false and retry", cause: error)
+            // All or nothing: undo the checkpoint in memory the way an abort would (marks held
+            // apart join the current epoch, none is lost). The state file on disk still has no
+            // checkpoint: it is replaced whole or not at all. The sequence stays used; no one
+            // was handed its change ID.
+            state.withLock { s in
+                if s.checkpoint?.changeID == info.changeID {
+                    s.map.fold()
+                    s.checkpoint = nil
+                }
+            }
+            throw TrackerError(.io, "checkpoint \(info.changeID) could not be saved (\(error)), so it was not taken; free space in \(stateDirectory) and retry", cause: error)
         }
         return info
     }

@@ -1,6 +1,7 @@
 import BlockIO
 import ChangeTracking
 import NBD
+import Synchronization
 
 /// The NBD exports of the filter, as libvirt's pull-mode backup shows them:
 /// - `NAME`: the live disk, writable, with `base:allocation` and `qemu:dirty-bitmap:active`
@@ -30,8 +31,8 @@ public struct FilterExportProvider: NBDExportProvider {
         }
         if name.hasSuffix(Self.checkpointSuffix) {
             let base = String(name.dropLast(Self.checkpointSuffix.count))
-            guard let d = try? service.disk(named: base), d.hasCheckpoint else { return nil }
-            return CheckpointExport(disk: d)
+            guard let d = try? service.disk(named: base), let id = d.readableCheckpointID else { return nil }
+            return CheckpointExport(disk: d, checkpointID: id)
         }
         guard let d = try? service.disk(named: name) else { return nil }
         return LiveExport(disk: d)
@@ -133,23 +134,37 @@ struct LiveExport: NBDExport {
     }
 }
 
-struct CheckpointExport: NBDExport {
+/// `NAME@checkpoint` as one connection sees it: bound to the checkpoint that was open when
+/// the connection chose the export. Once that checkpoint is released every read fails
+/// (EIO), so one copy never mixes two points in time, even if a new checkpoint opens.
+final class CheckpointExport: NBDExport {
     let disk: FilteredDisk
+    let checkpointID: String
+
+    /// Counted as a reader for as long as the connection holds it (a checkpoint with readers
+    /// is never treated as stale).
+    init(disk: FilteredDisk, checkpointID: String) {
+        self.disk = disk
+        self.checkpointID = checkpointID
+        disk.checkpointReaders.add(1, ordering: .relaxed)
+    }
+
+    deinit { disk.checkpointReaders.subtract(1, ordering: .relaxed) }
 
     var info: NBDExportInfo {
         NBDExportInfo(name: disk.name + FilterExportProvider.checkpointSuffix,
-                      description: "Tessera filter: disk \(disk.name) at its open checkpoint (read-only)",
+                      description: "Tessera filter: disk \(disk.name) at checkpoint \(checkpointID) (read-only)",
                       size: disk.size, readOnly: true, canTrim: false, canWriteZeroes: false, canFlush: false,
                       canFUA: false, canMultiConn: true,
                       metaContexts: ["base:allocation", "qemu:dirty-bitmap:checkpoint"])
     }
 
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        do { try disk.readCheckpoint(offset: offset, into: buffer) } catch { throw nbdError(error) }
+        do { try disk.readCheckpoint(checkpointID, offset: offset, into: buffer) } catch { throw nbdError(error) }
     }
 
     func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        disk.readCheckpointIfCached(offset: offset, into: buffer)
+        disk.readCheckpointIfCached(checkpointID, offset: offset, into: buffer)
     }
 
     func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {
@@ -169,14 +184,17 @@ struct CheckpointExport: NBDExport {
     func blockStatus(context: String, offset: UInt64, length: UInt32) throws -> [NBDBlockStatusExtent] {
         let request = ByteRange(offset: offset, length: UInt64(length))
         do {
-            guard disk.hasCheckpoint else { throw FilterError(.noCheckpoint, "disk \(disk.name) has no open checkpoint") }
-            switch context {
-            case "base:allocation":
-                return blockStatusExtents(try disk.allocation(in: request, checkpointView: true))
-            case "qemu:dirty-bitmap:checkpoint":
-                return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .checkpoint, in: request), request: request))
-            default:
-                throw NBDError(.invalid, "export \(disk.name)@checkpoint has no meta context \(context)")
+            // Under the disk's I/O lock, so a release cannot start between the check and the answer.
+            return try disk.io.withShared {
+                try disk.requireReadable(checkpointID)
+                switch context {
+                case "base:allocation":
+                    return blockStatusExtents(try disk.allocation(in: request, checkpointView: true))
+                case "qemu:dirty-bitmap:checkpoint":
+                    return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .checkpoint, in: request), request: request))
+                default:
+                    throw NBDError(.invalid, "export \(disk.name)@checkpoint has no meta context \(context)")
+                }
             }
         } catch { throw nbdError(error) }
     }

@@ -10,14 +10,32 @@ import Synchronization
 public final class FilterService: Sendable {
     public let stateDirectory: String
     public let configuration: TrackerConfiguration
-    private let disks = Mutex<[String: FilteredDisk]>([:])
+    private let disks = Mutex<Disks>(Disks())
     private let logger: Logger
+    /// flock on `STATE/filter.lock` (holding our pid) for the service's lifetime: a second
+    /// filter on this state directory is refused before it reads or changes anything.
+    private let stateLock: FileLock
 
+    private struct Disks {
+        var attached: [String: FilteredDisk] = [:]
+        /// Names being attached right now: a second ATTACH of one name is refused at once,
+        /// before it opens anything in the name's state directory.
+        var attaching: Set<String> = []
+    }
+
+    public static let lockFileName = "filter.lock"
+
+    /// - Throws: `FilterError.busy` naming the process when another filter uses `stateDirectory`.
     public init(stateDirectory: String, configuration: TrackerConfiguration, logger: Logger) throws {
         self.stateDirectory = stateDirectory
         self.configuration = configuration
         self.logger = logger
         try DurableFile.makeDirectory(stateDirectory)
+        do {
+            stateLock = try FileLock.acquire("\(stateDirectory)/\(Self.lockFileName)", create: true, writePid: true)
+        } catch let held as FileLock.Held {
+            throw FilterError(.busy, "the state directory \(stateDirectory) is in use by \(held.pid.map { "process \($0)" } ?? "another process") (a running `tessera filter serve`); stop it first, or give this filter its own --state-dir")
+        }
     }
 
     /// Disk names become directory and export names: keep them plain.
@@ -29,27 +47,42 @@ public final class FilterService: Sendable {
     }
 
     public func disk(named name: String) throws -> FilteredDisk {
-        guard let d = disks.withLock({ $0[name] }) else {
-            let known = disks.withLock { $0.keys.sorted() }.joined(separator: ", ")
+        guard let d = disks.withLock({ $0.attached[name] }) else {
+            let known = diskNames.joined(separator: ", ")
             throw FilterError(.unknownDisk, "no disk named '\(name)' is attached (attached: \(known.isEmpty ? "none" : known))")
         }
         return d
     }
 
-    public var diskNames: [String] { disks.withLock { $0.keys.sorted() } }
+    public var diskNames: [String] { disks.withLock { $0.attached.keys.sorted() } }
 
+    /// Attaches a disk. `path` must be absolute (the filter's working directory is not the
+    /// caller's). One file is attached once: under a second name (or spelling, or symlink)
+    /// its writes would not be tracked for the first.
     @discardableResult
     public func attach(name: String, path: String) throws -> FilteredDisk {
         try FilterService.validateDiskName(name)
-        if disks.withLock({ $0[name] }) != nil {
-            throw FilterError(.diskExists, "a disk named '\(name)' is already attached")
+        guard path.hasPrefix("/") else {
+            throw FilterError(.invalidArgument, "the path of disk '\(name)' must be absolute, not '\(path)': the filter resolves paths in its own working directory")
         }
-        let disk = try FilteredDisk.attach(name: name, path: path, stateDirectory: "\(stateDirectory)/\(name)",
+        try disks.withLock { d throws(FilterError) in
+            if d.attached[name] != nil || d.attaching.contains(name) {
+                throw FilterError(.diskExists, "a disk named '\(name)' is already attached")
+            }
+            d.attaching.insert(name)
+        }
+        defer { disks.withLock { _ = $0.attaching.remove(name) } }
+        let disk: FilteredDisk
+        do {
+            disk = try FilteredDisk.attach(name: name, path: path, stateDirectory: "\(stateDirectory)/\(name)",
                                            configuration: configuration)
-        try disks.withLock { d in
-            if d[name] != nil { throw FilterError(.diskExists, "a disk named '\(name)' is already attached") }
-            d[name] = disk
+        } catch let held as FilteredDisk.DiskFileHeld where held.pid == getpid() {
+            let other = disks.withLock { $0.attached.values.first { $0.holdsFile(held.path) }?.name }
+            throw FilterError(.diskExists, "\(held.path) is already attached as disk '\(other ?? "?")'; one file can be attached once (writes through one name would not be tracked for the other)")
+        } catch let held as FilteredDisk.DiskFileHeld {
+            throw FilterError(.busy, held.description)
         }
+        disks.withLock { $0.attached[name] = disk }
         for note in disk.attachNotes { logger.notice("disk \(name): \(note)") }
         logger.info("attached disk \(name) (\(disk.size) bytes) from \(path)")
         return disk
@@ -63,23 +96,23 @@ public final class FilterService: Sendable {
             throw FilterError(.checkpointOpen, "disk \(name) has an open checkpoint; release it before detaching")
         }
         try disk.close()
-        disks.withLock { _ = $0.removeValue(forKey: name) }
+        disks.withLock { _ = $0.attached.removeValue(forKey: name) }
         logger.info("detached disk \(name)")
     }
 
     /// Persists every disk's tracking state (the periodic write).
     public func persistAll() {
-        for disk in disks.withLock({ Array($0.values) }) {
+        for disk in disks.withLock({ Array($0.attached.values) }) {
             do { try disk.persist() } catch { logger.error("disk \(disk.name): persisting tracking state failed: \(error)") }
         }
     }
 
     /// Clean shutdown of every disk.
     public func closeAll() {
-        for disk in disks.withLock({ Array($0.values) }) {
+        for disk in disks.withLock({ Array($0.attached.values) }) {
             do { try disk.close() } catch { logger.error("disk \(disk.name): clean close failed: \(error)") }
         }
-        disks.withLock { $0.removeAll() }
+        disks.withLock { $0.attached.removeAll() }
     }
 
     // MARK: - Control requests
@@ -97,7 +130,7 @@ public final class FilterService: Sendable {
             return P.encode(P.Empty())
         case .status:
             let r = try P.decode(P.StatusRequest.self, payload, request: request)
-            let list = try r.disk.map { [try disk(named: $0)] } ?? disks.withLock { $0.values.sorted { $0.name < $1.name } }
+            let list = try r.disk.map { [try disk(named: $0)] } ?? disks.withLock { $0.attached.values.sorted { $0.name < $1.name } }
             return P.encode(P.StatusReply(protocolVersion: Int(P.version), disks: list.map { $0.status() }))
         case .checkpoint:
             let r = try P.decode(P.CheckpointRequest.self, payload, request: request)
@@ -108,7 +141,7 @@ public final class FilterService: Sendable {
                                               previous: info.previous?.description,
                                               createdAt: Double(info.createdAt), path: d.path,
                                               files: d.image.extents.map(\.path), size: d.size,
-                                              granularity: d.blockSize))
+                                              granularity: d.granularity))
         case .queryChanges:
             let r = try P.decode(P.QueryChangesRequest.self, payload, request: request)
             let d = try disk(named: r.disk)

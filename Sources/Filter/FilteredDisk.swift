@@ -8,38 +8,71 @@ import Synchronization
 ///
 /// The write path's one rule: the tracker marks a change *before* the write is issued
 /// (so before it is acknowledged). A mark for a write that then fails is harmless; a write
-/// without a mark would be a lost change.
+/// without a mark would be a lost change. Requests on the same blocks are ordered (see
+/// `BlockRangeLock`), so the tracker's per-block tags always describe the request that
+/// reached the disk last.
+///
+/// Locks, outermost first: `releaseGate` (a whole release; a checkpoint waits for it) →
+/// `io` (shared for requests, exclusive to switch epochs and for each merge batch) →
+/// `blockLocks` (one request's blocks, from its mark to the end of its I/O) → the tracker's
+/// and the overlay's own locks.
 public final class FilteredDisk: Sendable {
     public let name: String
     public let path: String
     public let image: DiskImage
     public let tracker: ChangeTracker
     public let stateDirectory: String
-    /// Overlay block size = tracking granularity: one copy-on-write unit per dirty block.
-    let blockSize: UInt64
-    /// Shared for I/O; exclusive to switch epochs (checkpoint) and for each merge batch.
+    /// Tracking granularity = the overlay's copy-on-write unit: one unit per dirty block.
+    let granularity: UInt64
     let io = ReadWriteLock()
+    private let blockLocks = BlockRangeLock()
+    /// Held by a release for its whole merge; a checkpoint waits for it, a second release
+    /// is refused, and `close` waits for a stopped merge to give it back.
+    private let releaseGate = NSLock()
+    /// Set by `close`: a running merge stops after its current batch (it resumes on restart).
+    private let closing = Atomic<Bool>(false)
     private let overlayBox: Mutex<Overlay?>
-    private let releaseInProgress = Mutex(false)
+    /// The change ID of the open checkpoint while its frozen base may be read; nil from the
+    /// moment a release starts. A `NAME@checkpoint` connection reads only while it matches
+    /// the checkpoint the connection opened, so it never returns another point in time.
+    private let readableCheckpoint: Mutex<String?>
+    /// Connections open on `NAME@checkpoint` (a checkpoint with readers is never stale).
+    let checkpointReaders = Atomic<Int>(0)
     /// Who opened the open checkpoint; kept in `checkpoint-owner.json` so it survives restarts.
     private let owner = Mutex<CheckpointOwner?>(nil)
     private var ownerPath: String { "\(stateDirectory)/checkpoint-owner.json" }
+    /// flock on the disk's state directory and on every file of the disk, held while attached:
+    /// a second filter (or a second attachment here) is refused before it touches anything,
+    /// and `restore` can see that a filter serves a file.
+    private let fileLocks: [FileLock]
+    /// Test hooks (nil in production).
+    package let hooks = Mutex<Hooks>(Hooks())
     /// Things the operator should know about how the disk was attached (recovered overlay,
     /// new generation and why...). Shown by STATUS.
     public let attachNotes: [String]
 
+    package struct Hooks: Sendable {
+        /// Runs between a request's mark and its I/O, the window in which another request on
+        /// the same blocks must not get in.
+        package var afterMark: (@Sendable (_ zero: Bool, _ range: ByteRange) -> Void)?
+        package init() {}
+    }
+
     public var size: UInt64 { image.size }
 
     private init(name: String, path: String, image: DiskImage, tracker: ChangeTracker, stateDirectory: String,
-                 overlay: Overlay?, notes: [String]) {
+                 overlay: Overlay?, fileLocks: [FileLock], notes: [String]) {
         self.name = name
         self.path = path
         self.image = image
         self.tracker = tracker
         self.stateDirectory = stateDirectory
-        self.blockSize = tracker.status().granularity
+        self.granularity = tracker.status().granularity
         self.overlayBox = Mutex(overlay)
+        self.fileLocks = fileLocks
         self.attachNotes = notes
+        let open = overlay == nil ? nil : tracker.status().openCheckpoint
+        self.readableCheckpoint = Mutex(open.map { $0.changeID.description })
         if overlay != nil, let bytes = try? DurableFile.read(ownerPath),
            let saved = try? JSONDecoder().decode(CheckpointOwner.self, from: Data(bytes)) {
             owner.withLock { $0 = saved }
@@ -58,13 +91,34 @@ public final class FilteredDisk: Sendable {
         return combined
     }
 
-    /// Attaches a disk: opens its image, its tracker (creating or loading the state in
-    /// `stateDirectory`) and recovers any overlay left by an earlier run, finishing a merge
-    /// that a crash cut short.
+    /// The name of the lock file in a disk's state directory.
+    static let lockFileName = "lock"
+
+    /// Attaches a disk: takes its locks, opens its image, its tracker (creating or loading
+    /// the state in `stateDirectory`) and recovers any overlay left by an earlier run,
+    /// finishing a merge that a crash cut short.
+    /// - Throws: `FilterError.busy` naming the process when another process (or another
+    ///   attachment in this one) holds the state directory or a file of the disk.
     public static func attach(name: String, path: String, stateDirectory: String,
                               configuration: TrackerConfiguration) throws -> FilteredDisk {
         try DurableFile.makeDirectory(stateDirectory)
+        // Before anything in the state directory or the disk is read or changed: one process
+        // serves them. A second filter here would replay the log, merge the overlay a second
+        // time over newer writes, and replace the log the first one writes to.
+        var locks: [FileLock] = []
+        do {
+            locks.append(try FileLock.acquire("\(stateDirectory)/\(lockFileName)", create: true, writePid: true))
+        } catch let held as FileLock.Held {
+            throw FilterError(.busy, "the state directory \(stateDirectory) of disk \(name) is in use by \(held.pid.map { "process \($0)" } ?? "another process") (another `tessera filter serve`?); stop it, or give this filter its own --state-dir")
+        }
         let image = try DiskImage.open(path: path, writable: true)
+        for file in Set([image.path] + image.extents.map(\.path)).sorted() {
+            do {
+                locks.append(try FileLock.acquire(file))
+            } catch let held as FileLock.Held {
+                throw DiskFileHeld(path: file, pid: held.pid)
+            }
+        }
         let tracker = try ChangeTracker.open(stateDirectory: stateDirectory, diskSize: image.size,
                                              identity: try combinedIdentity(image), configuration: configuration)
         var notes = tracker.status().openReport
@@ -94,7 +148,7 @@ public final class FilteredDisk: Sendable {
             notes.append("a checkpoint left open by an earlier run is still open: release it (commit or abort)")
         }
         let disk = FilteredDisk(name: name, path: path, image: image, tracker: tracker,
-                                stateDirectory: stateDirectory, overlay: overlay, notes: notes)
+                                stateDirectory: stateDirectory, overlay: overlay, fileLocks: locks, notes: notes)
         if let overlay, overlay.isMerging {
             let hadCheckpoint = tracker.status().openCheckpoint != nil
             try disk.finishMerge(overlay, commit: overlay.releaseCommit, releaseTracker: hadCheckpoint)
@@ -103,6 +157,27 @@ public final class FilteredDisk: Sendable {
             }
         }
         return disk
+    }
+
+    /// A file of the disk is held by another process, or by another disk of this filter.
+    public struct DiskFileHeld: Error, CustomStringConvertible {
+        public var path: String
+        public var pid: Int32?
+        public var description: String {
+            if pid == getpid() {
+                return "\(path) is already attached to this filter under another name; one file can be attached once (writes through one name would not be tracked for the other)"
+            }
+            return "\(path) is served by \(pid.map { "process \($0)" } ?? "another process") (a filter holds it); stop that filter or detach the disk there first"
+        }
+    }
+
+    /// Whether `path` names one of this disk's files (the same inode, whatever the spelling).
+    func holdsFile(_ path: String) -> Bool {
+        guard let other = try? BlockFile(path: path, mode: .readOnly).identity() else { return false }
+        return fileLocks.contains { lock in
+            guard let mine = try? BlockFile(path: lock.path, mode: .readOnly).identity() else { return false }
+            return mine.device == other.device && mine.inode == other.inode
+        }
     }
 
     // MARK: - The write path
@@ -117,15 +192,20 @@ public final class FilteredDisk: Sendable {
         }
     }
 
+    /// The blocks a non-empty byte range touches.
+    private func blocks(of range: ByteRange) -> Range<UInt64> {
+        (range.offset / granularity)..<((range.end - 1) / granularity + 1)
+    }
+
     /// Reads the live disk: the overlay where it holds a block, the base elsewhere.
     public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         try checkRange(offset, UInt64(buffer.count))
         try io.withShared {
             guard let overlay else { return try image.read(into: buffer, at: offset) }
-            try forEachBlockPiece(offset: offset, count: buffer.count) { block, within, at, pieceRange in
-                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[pieceRange])
-                if try !overlay.read(block: block, within: within, into: piece) {
-                    try image.read(into: piece, at: at)
+            try forEachBlockPiece(offset: offset, count: UInt64(buffer.count)) { block, within, piece in
+                let out = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.offset - offset)..<Int(piece.end - offset)])
+                if try !overlay.read(block: block, within: within, into: out) {
+                    try image.read(into: out, at: piece.offset)
                 }
             }
         }
@@ -139,12 +219,12 @@ public final class FilteredDisk: Sendable {
         let served = io.withSharedIfAvailable { () -> Bool in
             guard let overlay else { return image.readIfCached(into: buffer, at: offset) }
             var served = true
-            forEachBlockPiece(offset: offset, count: buffer.count) { block, within, at, pieceRange in
+            forEachBlockPiece(offset: offset, count: UInt64(buffer.count)) { block, within, piece in
                 guard served else { return }
-                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[pieceRange])
-                switch overlay.readIfCached(block: block, within: within, into: piece) {
+                let out = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.offset - offset)..<Int(piece.end - offset)])
+                switch overlay.readIfCached(block: block, within: within, into: out) {
                 case .served: break
-                case .notInOverlay: served = image.readIfCached(into: piece, at: at)
+                case .notInOverlay: served = image.readIfCached(into: out, at: piece.offset)
                 case .wouldBlock: served = false
                 }
             }
@@ -153,37 +233,63 @@ public final class FilteredDisk: Sendable {
         return served ?? false
     }
 
-    /// `readCheckpoint` if every byte is in the page cache; false otherwise.
-    public func readCheckpointIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard overlay != nil else { return false }
-        return image.readIfCached(into: buffer, at: offset)
+    /// The change ID of the checkpoint whose frozen base can be read now, or nil.
+    public var readableCheckpointID: String? { readableCheckpoint.withLock { $0 } }
+
+    /// Reads the base file: the disk exactly as it was at checkpoint `checkpointID`.
+    /// - Throws: `noCheckpoint` once that checkpoint is being released or gone: the base
+    ///   then holds other bytes (merged writes, or another checkpoint's point in time).
+    public func readCheckpoint(_ checkpointID: String, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(offset, UInt64(buffer.count))
+        try io.withShared {
+            try requireReadable(checkpointID)
+            try image.read(into: buffer, at: offset)
+        }
     }
 
-    /// Reads the base file: the disk exactly as it was at the open checkpoint.
-    public func readCheckpoint(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try checkRange(offset, UInt64(buffer.count))
-        guard overlay != nil else {
-            throw FilterError(.noCheckpoint, "disk \(name) has no open checkpoint; its checkpoint export is gone")
+    /// `readCheckpoint` if every byte is in the page cache and no lock is busy; false otherwise.
+    public func readCheckpointIfCached(_ checkpointID: String, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        guard offset <= size, UInt64(buffer.count) <= size - offset else { return false }
+        let served = io.withSharedIfAvailable { () -> Bool in
+            guard readableCheckpoint.withLock({ $0 }) == checkpointID else { return false }
+            return image.readIfCached(into: buffer, at: offset)
         }
-        try image.read(into: buffer, at: offset)
+        return served ?? false
+    }
+
+    /// Call with `io` held (shared is enough: a release clears the ID before its first merge
+    /// batch, and every batch holds `io` exclusive).
+    func requireReadable(_ checkpointID: String) throws {
+        let current = readableCheckpoint.withLock { $0 }
+        guard current == checkpointID else {
+            throw FilterError(.noCheckpoint, "checkpoint \(checkpointID) of disk \(name) has been released\(current.map { "; checkpoint \($0) is open now" } ?? ""); this connection belonged to the released checkpoint: reconnect to \(name)\(FilterExportProvider.checkpointSuffix) to read the current one")
+        }
     }
 
     public func write(offset: UInt64, bytes: UnsafeRawBufferPointer, fua: Bool) throws {
         try checkRange(offset, UInt64(bytes.count))
         guard bytes.count > 0 else { return }
+        let range = ByteRange(offset: offset, length: UInt64(bytes.count))
         try io.withShared {
-            try tracker.markWrite(ByteRange(offset: offset, length: UInt64(bytes.count)))
-            if let overlay {
-                try forEachBlockPiece(offset: offset, count: bytes.count) { _, _, at, pieceRange in
-                    let piece = UnsafeRawBufferPointer(rebasing: bytes[pieceRange])
-                    if try !overlay.write(piece, at: at, base: { try readBaseBlock(at: $0, into: $1) }) {
-                        try image.write(piece, at: at)
+            try blockLocks.withBlocks(blocks(of: range)) {
+                try tracker.markWrite(range)
+                hooks.withLock { $0.afterMark }?(false, range)
+                var touched = Touched()
+                if let overlay {
+                    try forEachBlockPiece(offset: offset, count: range.length) { _, _, piece in
+                        let data = UnsafeRawBufferPointer(rebasing: bytes[Int(piece.offset - offset)..<Int(piece.end - offset)])
+                        if try overlay.write(data, at: piece.offset, base: { try readBaseBlock(at: $0, into: $1) }) {
+                            touched.overlay = true
+                        } else {
+                            try image.write(data, at: piece.offset)
+                            touched.base = true
+                        }
                     }
+                } else {
+                    try image.write(bytes, at: offset)
+                    touched.base = true
                 }
-                if fua { try overlay.flush(); try image.sync() }
-            } else {
-                try image.write(bytes, at: offset)
-                if fua { try image.sync() }
+                if fua { try makeDurable(touched) }
             }
         }
     }
@@ -194,31 +300,49 @@ public final class FilteredDisk: Sendable {
         try checkRange(range.offset, range.length)
         guard range.length > 0 else { return }
         try io.withShared {
-            try tracker.markZero(range)
-            if let overlay {
-                var at = range.offset
-                while at < range.end {
-                    let block = at / blockSize
-                    let blockStart = block * blockSize
-                    let blockEnd = min(blockStart + blockSize, size)
-                    let pieceEnd = min(blockEnd, range.end)
-                    if at == blockStart && pieceEnd == blockEnd {
-                        if try !overlay.zeroBlock(block) { try zeroBase(ByteRange(offset: at, length: pieceEnd - at), noHole: noHole) }
-                    } else {
-                        let zeroes = [UInt8](repeating: 0, count: Int(pieceEnd - at))
-                        let written = try zeroes.withUnsafeBytes { z in
-                            try overlay.write(z, at: at, base: { try readBaseBlock(at: $0, into: $1) })
+            try blockLocks.withBlocks(blocks(of: range)) {
+                try tracker.markZero(range)
+                hooks.withLock { $0.afterMark }?(true, range)
+                var touched = Touched()
+                if let overlay {
+                    // The same walk as `write`: whole blocks become zero records, partial
+                    // blocks copy-on-write zeroes; blocks the overlay does not take (a merge
+                    // is running) are zeroed in the base.
+                    try forEachBlockPiece(offset: range.offset, count: range.length) { block, within, piece in
+                        let taken: Bool
+                        if within == 0 && piece.end == min((block + 1) * granularity, size) {
+                            taken = try overlay.zeroBlock(block)
+                        } else {
+                            let zeroes = [UInt8](repeating: 0, count: Int(piece.length))
+                            taken = try zeroes.withUnsafeBytes { z in
+                                try overlay.write(z, at: piece.offset, base: { try readBaseBlock(at: $0, into: $1) })
+                            }
                         }
-                        if !written { try zeroBase(ByteRange(offset: at, length: pieceEnd - at), noHole: noHole) }
+                        if taken {
+                            touched.overlay = true
+                        } else {
+                            try zeroBase(piece, noHole: noHole)
+                            touched.base = true
+                        }
                     }
-                    at = pieceEnd
+                } else {
+                    try zeroBase(range, noHole: noHole)
+                    touched.base = true
                 }
-                if fua { try overlay.flush() }
-            } else {
-                try zeroBase(range, noHole: noHole)
-                if fua { try image.sync() }
+                if fua { try makeDurable(touched) }
             }
         }
+    }
+
+    /// Which files a request changed, so FUA makes each of them durable.
+    private struct Touched {
+        var base = false
+        var overlay = false
+    }
+
+    private func makeDurable(_ touched: Touched) throws {
+        if touched.overlay { try overlay?.flush() }
+        if touched.base { try image.sync() }
     }
 
     private func zeroBase(_ range: ByteRange, noHole: Bool) throws {
@@ -243,41 +367,48 @@ public final class FilteredDisk: Sendable {
         try image.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), at: offset)
     }
 
-    /// Calls `body(block, offsetWithinBlock, diskOffset, rangeInBuffer)` for each piece of
-    /// `[offset, offset + count)` that lies inside one block.
-    private func forEachBlockPiece(offset: UInt64, count: Int, _ body: (UInt64, Int, UInt64, Range<Int>) throws -> Void) rethrows {
-        var done = 0
-        while done < count {
-            let at = offset + UInt64(done)
-            let block = at / blockSize
-            let within = Int(at - block * blockSize)
-            let n = min(count - done, Int(blockSize) - within)
-            try body(block, within, at, done..<(done + n))
-            done += n
+    /// Calls `body(block, offsetWithinBlock, piece)` for each piece of `[offset, offset + count)`
+    /// that lies inside one block, in order.
+    private func forEachBlockPiece(offset: UInt64, count: UInt64, _ body: (UInt64, Int, ByteRange) throws -> Void) rethrows {
+        var at = offset
+        let end = offset + count
+        while at < end {
+            let block = at / granularity
+            let within = at - block * granularity
+            let n = min(end - at, granularity - within)
+            try body(block, Int(within), ByteRange(offset: at, length: n))
+            at += n
         }
     }
 
     // MARK: - Checkpoints
 
     /// Closes the current epoch and redirects writes into a new overlay, atomically with
-    /// respect to every write (the exclusive lock drains in-flight I/O first).
+    /// respect to every write (the exclusive lock drains in-flight I/O first). Waits for a
+    /// release that is still merging. Either every step happens or none: a failure (a full
+    /// state directory...) leaves the disk as it was, with no checkpoint.
     public func checkpoint(owner newOwner: CheckpointOwner? = nil) throws -> CheckpointInfo {
-        try io.withExclusive {
+        releaseGate.lock()
+        defer { releaseGate.unlock() }
+        guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
+        return try io.withExclusive {
             if overlay != nil {
                 throw FilterError(.checkpointOpen, "disk \(name) already has an open checkpoint; release it first (tessera filter release --disk \(name) [--abort])")
             }
             // The base becomes the point in time: make it durable as it stands.
             try image.sync()
-            let created = try Overlay.create(in: stateDirectory, blockSize: blockSize, diskSize: size)
+            let created = try Overlay.create(in: stateDirectory, blockSize: granularity, diskSize: size)
             do {
+                if let newOwner {
+                    try DurableFile.write(Array(try JSONEncoder().encode(newOwner)), to: ownerPath)
+                }
                 let info = try tracker.checkpoint()
                 overlayBox.withLock { $0 = created }
                 owner.withLock { $0 = newOwner }
-                if let newOwner, let data = try? JSONEncoder().encode(newOwner) {
-                    try? DurableFile.write(Array(data), to: ownerPath)
-                }
+                readableCheckpoint.withLock { $0 = info.changeID.description }
                 return info
             } catch {
+                unlink(ownerPath)
                 try? created.destroy()
                 throw error
             }
@@ -288,24 +419,34 @@ public final class FilteredDisk: Sendable {
     /// checkpoint in the tracker (commit: the backup succeeded; abort: it did not — either
     /// way no change is lost).
     public func release(commit: Bool) throws {
-        let mine = releaseInProgress.withLock { busy -> Bool in
-            if busy { return false }
-            busy = true
-            return true
-        }
-        guard mine else { throw FilterError(.busy, "a release of disk \(name) is already running") }
-        defer { releaseInProgress.withLock { $0 = false } }
+        guard releaseGate.try() else { throw FilterError(.busy, "a release of disk \(name) is already running") }
+        defer { releaseGate.unlock() }
+        guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
         guard let overlay else {
             throw FilterError(.noCheckpoint, "disk \(name) has no open checkpoint to release")
         }
-        try overlay.beginMerge(commit: commit)
+        // From here the base stops being the checkpoint: its readers get errors, not bytes.
+        let frozen = io.withExclusive { readableCheckpoint.withLock { id in defer { id = nil }; return id } }
+        do {
+            try overlay.beginMerge(commit: commit)
+        } catch {
+            // Nothing was merged: the base is still the checkpoint.
+            readableCheckpoint.withLock { $0 = frozen }
+            throw error
+        }
         try finishMerge(overlay, commit: commit, releaseTracker: true)
     }
 
+    private func shuttingDown() -> FilterError {
+        FilterError(.busy, "the filter is shutting down; disk \(name) takes no checkpoint or release now (a release cut short finishes when the filter starts again)")
+    }
+
     /// Copies the overlay back in batches; each batch holds the I/O lock exclusive only for
-    /// itself, so clients keep working between batches.
+    /// itself, so clients keep working between batches. Stops between batches when the disk
+    /// is closing: the overlay stays marked as merging and the next start finishes it.
     private func finishMerge(_ overlay: Overlay, commit: Bool, releaseTracker: Bool) throws {
         while true {
+            if closing.load(ordering: .acquiring) { throw shuttingDown() }
             let left = try io.withExclusive {
                 try overlay.mergeBatch(limit: 64,
                                        writeBase: { try image.write($1, at: $0) },
@@ -320,6 +461,7 @@ public final class FilteredDisk: Sendable {
             try overlay.destroy()
             overlayBox.withLock { $0 = nil }
             owner.withLock { $0 = nil }
+            readableCheckpoint.withLock { $0 = nil }
             unlink(ownerPath)
         }
     }
@@ -361,8 +503,8 @@ public final class FilteredDisk: Sendable {
         for (r, flags) in out {
             var p = r.offset
             while p < r.end {
-                let block = p / blockSize
-                let end = min(r.end, (block + 1) * blockSize)
+                let block = p / granularity
+                let end = min(r.end, (block + 1) * granularity)
                 var f = flags
                 if let e = overlay.entry(forBlock: block) { f = e.kind == .zero ? 3 : 0 }
                 if let last = refined.last, last.1 == f, last.0.end == p {
@@ -384,10 +526,13 @@ public final class FilteredDisk: Sendable {
         let files = image.extents.map(\.path)
         var checkpoint: CheckpointStatus?
         if let c = t.openCheckpoint {
+            let holder = owner.withLock { $0 }
+            let readers = checkpointReaders.load(ordering: .relaxed)
             checkpoint = CheckpointStatus(changeID: c.changeID.description, previous: c.previous?.description,
                                           createdAt: Double(c.createdAt),
                                           ageSeconds: Date().timeIntervalSince1970 - Double(c.createdAt),
-                                          owner: owner.withLock { $0 })
+                                          owner: holder, readers: readers,
+                                          stale: ov?.isMerging == true ? nil : holder?.staleReason(readers: readers))
         }
         return DiskStatus(name: name, path: path, files: files, size: size, granularity: t.granularity,
                           generation: t.generation.uuidString, changeID: t.currentChangeID.description,
@@ -400,8 +545,13 @@ public final class FilteredDisk: Sendable {
     public func persist() throws { try tracker.persist() }
 
     /// Clean shutdown: data durable, overlay flushed (an open checkpoint stays open across
-    /// restarts), tracking state written with the clean flag.
+    /// restarts), tracking state written with the clean flag. A running merge is stopped
+    /// first (it resumes at the next start), so no merge write lands after the disk's
+    /// identity is recorded: that would look like a write behind the filter's back.
     public func close() throws {
+        closing.store(true, ordering: .releasing)
+        releaseGate.lock()
+        defer { releaseGate.unlock() }
         try io.withExclusive {
             try overlay?.flush()
             try image.sync()
@@ -433,27 +583,10 @@ public struct CheckpointStatus: Codable, Sendable, Equatable {
     public var createdAt: Double
     public var ageSeconds: Double
     public var owner: CheckpointOwner?
-}
-
-/// The process that opened a checkpoint.
-public struct CheckpointOwner: Codable, Sendable, Equatable {
-    public var host: String
-    public var pid: Int32
-
-    public init(host: String, pid: Int32) {
-        self.host = host
-        self.pid = pid
-    }
-
-    /// This process.
-    public static var current: CheckpointOwner {
-        CheckpointOwner(host: ProcessInfo.processInfo.hostName, pid: getpid())
-    }
-
-    /// True when the owner ran on this host and is gone: its checkpoint can never be
-    /// released by it. (A live pid may have been reused; that errs on the safe side.)
-    public var isDeadOnThisHost: Bool {
-        guard host == ProcessInfo.processInfo.hostName else { return false }
-        return kill(pid, 0) != 0 && errno == ESRCH
-    }
+    /// Connections reading `NAME@checkpoint` now.
+    public var readers: Int?
+    /// Why no one can be using this checkpoint any more (its owner is gone, its lease ran
+    /// out and no reader is connected); nil while it may be in use. A backup releases a
+    /// stale checkpoint with abort (nothing is lost) and takes its own.
+    public var stale: String?
 }

@@ -18,8 +18,9 @@ struct CachedReadTests {
         var slow = [UInt8](repeating: 0xEE, count: length)
         var fast = [UInt8](repeating: 0xDD, count: length)
         if checkpointView {
-            try slow.withUnsafeMutableBytes { try disk.readCheckpoint(offset: offset, into: $0) }
-            #expect(fast.withUnsafeMutableBytes { disk.readCheckpointIfCached(offset: offset, into: $0) }, "\(label): not served")
+            let id = try #require(disk.readableCheckpointID)
+            try slow.withUnsafeMutableBytes { try disk.readCheckpoint(id, offset: offset, into: $0) }
+            #expect(fast.withUnsafeMutableBytes { disk.readCheckpointIfCached(id, offset: offset, into: $0) }, "\(label): not served")
         } else {
             try slow.withUnsafeMutableBytes { try disk.read(offset: offset, into: $0) }
             #expect(fast.withUnsafeMutableBytes { disk.readIfCached(offset: offset, into: $0) }, "\(label): not served")
@@ -67,12 +68,13 @@ struct CachedReadTests {
             try compare(disk, offset, length, model.bytes, "checkpoint open #\(i)")
             try compare(disk, offset, length, checkpointView: true, frozen, "checkpoint view #\(i)")
         }
+        let id = try #require(disk.readableCheckpointID)
         try disk.release(commit: true)
         for i in 0..<50 {
             let (offset, length) = randomRange()
             try compare(disk, offset, length, model.bytes, "after release #\(i)")
         }
-        #expect(!tail.withUnsafeMutableBytes { disk.readCheckpointIfCached(offset: 0, into: $0) },
+        #expect(!tail.withUnsafeMutableBytes { disk.readCheckpointIfCached(id, offset: 0, into: $0) },
                 "the checkpoint view is gone after release")
     }
 }
