@@ -44,7 +44,7 @@ public final class FilteredDisk: Sendable {
     /// flock on the disk's state directory and on every file of the disk, held while attached:
     /// a second filter (or a second attachment here) is refused before it touches anything,
     /// and `restore` can see that a filter serves a file.
-    private let fileLocks: [FileLock]
+    private let fileLocks: Mutex<[FileLock]>
     /// Test hooks (nil in production).
     package let hooks = Mutex<Hooks>(Hooks())
     /// Things the operator should know about how the disk was attached (recovered overlay,
@@ -55,6 +55,10 @@ public final class FilteredDisk: Sendable {
         /// Runs between a request's mark and its I/O, the window in which another request on
         /// the same blocks must not get in.
         package var afterMark: (@Sendable (_ zero: Bool, _ range: ByteRange) -> Void)?
+        /// Runs before each batch of a merge (with no lock held).
+        package var beforeMergeBatch: (@Sendable () -> Void)?
+        /// Runs after a request made a file durable: the base (true) or the overlay (false).
+        package var synced: (@Sendable (_ base: Bool) -> Void)?
         package init() {}
     }
 
@@ -69,7 +73,7 @@ public final class FilteredDisk: Sendable {
         self.stateDirectory = stateDirectory
         self.granularity = tracker.status().granularity
         self.overlayBox = Mutex(overlay)
-        self.fileLocks = fileLocks
+        self.fileLocks = Mutex(fileLocks)
         self.attachNotes = notes
         let open = overlay == nil ? nil : tracker.status().openCheckpoint
         self.readableCheckpoint = Mutex(open.map { $0.changeID.description })
@@ -174,7 +178,7 @@ public final class FilteredDisk: Sendable {
     /// Whether `path` names one of this disk's files (the same inode, whatever the spelling).
     func holdsFile(_ path: String) -> Bool {
         guard let other = try? BlockFile(path: path, mode: .readOnly).identity() else { return false }
-        return fileLocks.contains { lock in
+        return fileLocks.withLock { $0 }.contains { lock in
             guard let mine = try? BlockFile(path: lock.path, mode: .readOnly).identity() else { return false }
             return mine.device == other.device && mine.inode == other.inode
         }
@@ -341,8 +345,14 @@ public final class FilteredDisk: Sendable {
     }
 
     private func makeDurable(_ touched: Touched) throws {
-        if touched.overlay { try overlay?.flush() }
-        if touched.base { try image.sync() }
+        if touched.overlay, let overlay {
+            try overlay.flush()
+            hooks.withLock { $0.synced }?(false)
+        }
+        if touched.base {
+            try image.sync()
+            hooks.withLock { $0.synced }?(true)
+        }
     }
 
     private func zeroBase(_ range: ByteRange, noHole: Bool) throws {
@@ -353,8 +363,7 @@ public final class FilteredDisk: Sendable {
     /// the activity log made every mark durable before its write was issued.
     public func flush() throws {
         try io.withShared {
-            try overlay?.flush()
-            try image.sync()
+            try makeDurable(Touched(base: true, overlay: overlay != nil))
         }
     }
 
@@ -446,6 +455,7 @@ public final class FilteredDisk: Sendable {
     /// is closing: the overlay stays marked as merging and the next start finishes it.
     private func finishMerge(_ overlay: Overlay, commit: Bool, releaseTracker: Bool) throws {
         while true {
+            hooks.withLock { $0.beforeMergeBatch }?()
             if closing.load(ordering: .acquiring) { throw shuttingDown() }
             let left = try io.withExclusive {
                 try overlay.mergeBatch(limit: 64,
@@ -457,7 +467,13 @@ public final class FilteredDisk: Sendable {
         }
         try io.withExclusive {
             try image.sync()
-            if releaseTracker { try tracker.release(commit: commit) }
+            // A release whose tracker step was done in memory but could not be saved (a full
+            // state directory) is retried by saving it; the overlay goes only after that.
+            if releaseTracker && tracker.status().openCheckpoint != nil {
+                try tracker.release(commit: commit)
+            } else if releaseTracker {
+                try tracker.persist()
+            }
             try overlay.destroy()
             overlayBox.withLock { $0 = nil }
             owner.withLock { $0 = nil }
@@ -557,6 +573,8 @@ public final class FilteredDisk: Sendable {
             try image.sync()
             try tracker.close(identity: try FilteredDisk.combinedIdentity(image))
         }
+        // Closed: another filter (or an attach) may take the state and the files now.
+        fileLocks.withLock { $0.removeAll() }
     }
 }
 

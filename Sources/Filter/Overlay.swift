@@ -77,18 +77,26 @@ final class Overlay: Sendable {
     // MARK: - Create, recover, destroy
 
     /// Creates an empty overlay (durably: header synced, names synced).
+    /// Either it exists whole or no file of it is left (a half-made overlay would be taken
+    /// for a damaged one at the next start).
     static func create(in directory: String, blockSize: UInt64, diskSize: UInt64) throws -> Overlay {
-        let dataFile = try BlockFile(path: "\(directory)/overlay.data", mode: .createReadWrite)
-        try dataFile.truncate(to: 0)
-        let mapFile = try BlockFile(path: "\(directory)/overlay.map", mode: .createReadWrite)
-        try mapFile.truncate(to: 0)
-        let overlay = Overlay(directory: directory, blockSize: blockSize, diskSize: diskSize,
-                              mapFile: mapFile, dataFile: dataFile, state: State())
-        try overlay.writeHeader(flushedRecords: 0, merging: false, releaseCommit: false)
-        try mapFile.sync()
-        try dataFile.sync()
-        try DurableFile.syncDirectory(directory)
-        return overlay
+        do {
+            let dataFile = try BlockFile(path: "\(directory)/overlay.data", mode: .createReadWrite)
+            try dataFile.truncate(to: 0)
+            let mapFile = try BlockFile(path: "\(directory)/overlay.map", mode: .createReadWrite)
+            try mapFile.truncate(to: 0)
+            let overlay = Overlay(directory: directory, blockSize: blockSize, diskSize: diskSize,
+                                  mapFile: mapFile, dataFile: dataFile, state: State())
+            try overlay.writeHeader(flushedRecords: 0, merging: false, releaseCommit: false)
+            try mapFile.sync()
+            try dataFile.sync()
+            try DurableFile.syncDirectory(directory)
+            return overlay
+        } catch {
+            unlink("\(directory)/overlay.map")
+            unlink("\(directory)/overlay.data")
+            throw error
+        }
     }
 
     /// Opens an overlay left by an earlier run and rebuilds its map from the records.

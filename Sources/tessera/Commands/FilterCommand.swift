@@ -31,6 +31,11 @@ func withControl<T>(_ options: ControlOptions, _ body: (ControlClient) throws ->
     }
 }
 
+/// `path` resolved against this process's working directory.
+func absolutePath(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
 func printStatus(_ s: DiskStatus) {
     print("disk \(s.name)")
     print("  path         \(s.path)")
@@ -42,6 +47,9 @@ func printStatus(_ s: DiskStatus) {
     if let c = s.lastCommitted { print("  committed    \(c)") }
     if let c = s.checkpoint {
         print("  checkpoint   \(c.changeID), open for \(Output.duration(c.ageSeconds))\(s.merging ? ", releasing" : "")")
+        if let owner = c.owner { print("  held by      \(owner.holderDescription)") }
+        if let readers = c.readers, readers > 0 { print("  readers      \(readers) connected to \(s.name)@checkpoint") }
+        if let stale = c.stale { print("  stale        \(stale); the next backup releases it with abort") }
         print("  overlay      \(s.overlayBlocks) blocks, \(Output.bytes(s.overlayBytes))")
     } else {
         print("  checkpoint   none")
@@ -65,16 +73,34 @@ struct FilterStatus: ParsableCommand {
 struct FilterCheckpoint: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
-        abstract: "Close the disk's epoch and freeze its flat file; new writes go to an overlay until release.")
+        abstract: "Close the disk's epoch and freeze its flat file; new writes go to an overlay until release.",
+        discussion: """
+            For pull-mode backup tools: read NAME@checkpoint over NBD, then release. The \
+            checkpoint belongs to --owner-pid while that process lives, or else to a lease of \
+            --lease; while the owner lives, the lease runs or a reader is connected to \
+            NAME@checkpoint, `tessera backup` leaves the checkpoint alone. After that a backup \
+            may release it with abort (nothing is lost) and take its own.
+            """)
     @OptionGroup var options: ControlOptions
     @Option(help: "The disk.") var disk: String
+    @Option(help: "How long the checkpoint is held for when no --owner-pid is given (90s, 30m, 2h, 1d).")
+    var lease: Seconds = Seconds(3600)
+    @Option(help: "The process that holds the checkpoint (for example the script's own $$).")
+    var ownerPid: Int32?
+
+    func validate() throws {
+        if let ownerPid, ownerPid <= 0 { throw ValidationError("--owner-pid takes a process ID, not \(ownerPid)") }
+        if lease.seconds <= 0 { throw ValidationError("--lease must be longer than 0 seconds") }
+    }
 
     func run() throws {
-        let r = try withControl(options) { try $0.checkpoint(disk: disk) }
+        let owner = ownerPid.map { CheckpointOwner(pid: $0) } ?? .lease(seconds: lease.seconds)
+        let r = try withControl(options) { try $0.checkpoint(disk: disk, owner: owner) }
         if options.json { Output.json(r); return }
         print("checkpoint \(r.changeID) on disk \(r.disk)")
         if let p = r.previous { print("previous   \(p)") }
         print("frozen     \(r.files.joined(separator: ", "))")
+        print("held by    \(owner.holderDescription)")
         print("read it, then: tessera filter release --control \(options.control) --disk \(disk) [--abort]")
     }
 }
@@ -135,7 +161,8 @@ struct FilterAttach: ParsableCommand {
     @Option(help: "A raw flat file or a VMDK descriptor with flat extents.") var path: String
 
     func run() throws {
-        let s = try withControl(options) { try $0.attach(disk: disk, path: path) }
+        // The filter runs in its own working directory: resolve the path here.
+        let s = try withControl(options) { try $0.attach(disk: disk, path: absolutePath(path)) }
         if options.json { Output.json(s); return }
         printStatus(s)
     }

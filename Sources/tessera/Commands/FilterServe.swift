@@ -45,11 +45,18 @@ struct FilterServe: AsyncParsableCommand {
         let service: FilterService
         do {
             service = try FilterService(stateDirectory: stateDir, configuration: configuration, logger: logger)
+        } catch {
+            Output.error("\(error)")
+            throw ExitCode.failure
+        }
+        do {
             for d in disks {
                 let parts = d.split(separator: "=", maxSplits: 1).map(String.init)
-                try service.attach(name: parts[0], path: parts[1])
+                try service.attach(name: parts[0], path: absolutePath(parts[1]))
             }
         } catch {
+            // Disks attached so far close cleanly: their state stays as a clean shutdown left it.
+            service.closeAll()
             Output.error("\(error)")
             throw ExitCode.failure
         }
