@@ -8,7 +8,8 @@ import Synchronization
 ///   (blocks changed since the last checkpoint);
 /// - `NAME@checkpoint`, while a checkpoint is open: the disk as it was at the checkpoint,
 ///   read-only, with `base:allocation` and `qemu:dirty-bitmap:checkpoint` (blocks changed
-///   between the previous checkpoint and this one).
+///   between the previous checkpoint and this one); `NAME@SEQUENCE` (the checkpoint's change
+///   ID sequence, e.g. `vm1@7`) names one checkpoint and is refused once another is open.
 public struct FilterExportProvider: NBDExportProvider {
     public static let checkpointSuffix = "@checkpoint"
     let service: FilterService
@@ -29,9 +30,14 @@ public struct FilterExportProvider: NBDExportProvider {
             guard names.count == 1, let d = try? service.disk(named: names[0]) else { return nil }
             return LiveExport(disk: d)
         }
-        if name.hasSuffix(Self.checkpointSuffix) {
-            let base = String(name.dropLast(Self.checkpointSuffix.count))
-            guard let d = try? service.disk(named: base), let id = d.readableCheckpointID else { return nil }
+        if let at = name.lastIndex(of: "@") {
+            // NAME@checkpoint: the checkpoint open now. NAME@SEQUENCE: only that checkpoint,
+            // so a reader that connects late never gets a newer one by mistake.
+            let which = name[name.index(after: at)...]
+            guard let d = try? service.disk(named: String(name[..<at])), let id = d.readableCheckpointID,
+                  "@" + which == Self.checkpointSuffix || ChangeID(id).map({ String($0.sequence) }) == String(which) else {
+                return nil
+            }
             return CheckpointExport(disk: d, checkpointID: id)
         }
         guard let d = try? service.disk(named: name) else { return nil }

@@ -41,7 +41,8 @@ public final class FilterService: Sendable {
     /// Disk names become directory and export names: keep them plain.
     public static func validateDiskName(_ name: String) throws {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix(".") else {
+        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix("."),
+              name != lockFileName else {
             throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
         }
     }

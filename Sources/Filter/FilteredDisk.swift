@@ -29,6 +29,7 @@ public final class FilteredDisk: Sendable {
     /// Held by a release for its whole merge; a checkpoint waits for it, a second release
     /// is refused, and `close` waits for a stopped merge to give it back.
     private let releaseGate = NSLock()
+    private let releaseRunning = Atomic<Bool>(false)
     /// Set by `close`: a running merge stops after its current batch (it resumes on restart).
     private let closing = Atomic<Bool>(false)
     private let overlayBox: Mutex<Overlay?>
@@ -428,7 +429,12 @@ public final class FilteredDisk: Sendable {
     /// checkpoint in the tracker (commit: the backup succeeded; abort: it did not — either
     /// way no change is lost).
     public func release(commit: Bool) throws {
-        guard releaseGate.try() else { throw FilterError(.busy, "a release of disk \(name) is already running") }
+        // A second release is refused at once; a checkpoint holding the gate is waited for.
+        guard !releaseRunning.exchange(true, ordering: .acquiringAndReleasing) else {
+            throw FilterError(.busy, "a release of disk \(name) is already running")
+        }
+        defer { releaseRunning.store(false, ordering: .releasing) }
+        releaseGate.lock()
         defer { releaseGate.unlock() }
         guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
         guard let overlay else {

@@ -1,4 +1,5 @@
 import BlockIO
+import ChangeTracking
 import Filter
 import Foundation
 import NBD
@@ -17,6 +18,11 @@ struct CheckpointOwnershipTests {
 
     func connect(_ f: FilterProcess, _ export: String) throws -> NBDClient {
         try NBDClient.connect(try NBDURI(parsing: f.uri(export)))
+    }
+
+    static func changeID(_ r: CommandResult) throws -> String {
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        return try #require(json?["changeID"] as? String)
     }
 
     @Test
@@ -53,10 +59,21 @@ struct CheckpointOwnershipTests {
                 let bytes = try reader.read(offset: 0, length: 65536)
                 Issue.record("the old connection read \(bytes == newBytes ? "the new checkpoint's bytes" : "bytes") after its checkpoint was released")
             } catch {}
-            // A new connection reads the new checkpoint.
+            // A new connection reads the new checkpoint; one that names the first checkpoint
+            // (NAME@SEQUENCE) is refused, one that names the second is served.
             let second = try connect(f, "d0@checkpoint")
             #expect(try second.read(offset: 0, length: 65536) == newBytes)
             second.close()
+            let firstID = try Self.changeID(first)
+            let secondID = try #require(try f.status().checkpoint).changeID
+            let firstSequence = try #require(ChangeID(firstID)).sequence
+            let secondSequence = try #require(ChangeID(secondID)).sequence
+            #expect(throws: (any Error).self, "d0@\(firstSequence) named a released checkpoint and was served") {
+                _ = try connect(f, "d0@\(firstSequence)")
+            }
+            let pinned = try connect(f, "d0@\(secondSequence)")
+            #expect(try pinned.read(offset: 0, length: 65536) == newBytes)
+            pinned.close()
             #expect(try f.cli(["release", "--disk", "d0"]).succeeded)
             #expect(try f.stop() == 0)
         }

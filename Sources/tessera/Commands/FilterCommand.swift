@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChangeTracking
 import Filter
 import Foundation
 
@@ -100,6 +101,7 @@ struct FilterCheckpoint: ParsableCommand {
         print("checkpoint \(r.changeID) on disk \(r.disk)")
         if let p = r.previous { print("previous   \(p)") }
         print("frozen     \(r.files.joined(separator: ", "))")
+        print("export     \(r.disk)@\(ChangeID(r.changeID)?.sequence ?? 0) (read-only; also \(r.disk)@checkpoint while it is open)")
         print("held by    \(owner.holderDescription)")
         print("read it, then: tessera filter release --control \(options.control) --disk \(disk) [--abort]")
     }
