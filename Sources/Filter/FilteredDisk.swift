@@ -25,27 +25,27 @@ public final class FilteredDisk: Sendable {
     /// Tracking granularity = the overlay's copy-on-write unit: one unit per dirty block.
     let granularity: UInt64
     let io = ReadWriteLock()
-    private let blockLocks = BlockRangeLock()
+    let blockLocks = BlockRangeLock()
     /// Held by a release for its whole merge; a checkpoint waits for it, a second release
     /// is refused, and `close` waits for a stopped merge to give it back.
-    private let releaseGate = NSLock()
-    private let releaseRunning = Atomic<Bool>(false)
+    let releaseGate = NSLock()
+    let releaseRunning = Atomic<Bool>(false)
     /// Set by `close`: a running merge stops after its current batch (it resumes on restart).
-    private let closing = Atomic<Bool>(false)
-    private let overlayBox: Mutex<Overlay?>
+    let closing = Atomic<Bool>(false)
+    let overlayBox: Mutex<Overlay?>
     /// The change ID of the open checkpoint while its frozen base may be read; nil from the
     /// moment a release starts. A `NAME@checkpoint` connection reads only while it matches
     /// the checkpoint the connection opened, so it never returns another point in time.
-    private let readableCheckpoint: Mutex<String?>
+    let readableCheckpoint: Mutex<String?>
     /// Connections open on `NAME@checkpoint` (a checkpoint with readers is never stale).
     let checkpointReaders = Atomic<Int>(0)
     /// Who opened the open checkpoint; kept in `checkpoint-owner.json` so it survives restarts.
-    private let owner = Mutex<CheckpointOwner?>(nil)
-    private var ownerPath: String { "\(stateDirectory)/checkpoint-owner.json" }
+    let owner = Mutex<CheckpointOwner?>(nil)
+    var ownerPath: String { "\(stateDirectory)/checkpoint-owner.json" }
     /// flock on the disk's state directory and on every file of the disk, held while attached:
     /// a second filter (or a second attachment here) is refused before it touches anything,
     /// and `restore` can see that a filter serves a file.
-    private let fileLocks: Mutex<[FileLock]>
+    let fileLocks: Mutex<[FileLock]>
     /// Test hooks (nil in production).
     package let hooks = Mutex<Hooks>(Hooks())
     /// Things the operator should know about how the disk was attached (recovered overlay,
@@ -182,309 +182,6 @@ public final class FilteredDisk: Sendable {
         return fileLocks.withLock { $0 }.contains { lock in
             guard let mine = try? BlockFile(path: lock.path, mode: .readOnly).identity() else { return false }
             return mine.device == other.device && mine.inode == other.inode
-        }
-    }
-
-    // MARK: - The write path
-
-    private var overlay: Overlay? { overlayBox.withLock { $0 } }
-
-    public var hasCheckpoint: Bool { overlay != nil }
-
-    func checkRange(_ offset: UInt64, _ count: UInt64) throws {
-        guard offset <= size, count <= size - offset else {
-            throw FilterError(.invalidArgument, "byte range [\(offset), \(offset &+ count)) is past the end of disk \(name) (\(size) bytes)")
-        }
-    }
-
-    /// The blocks a non-empty byte range touches.
-    private func blocks(of range: ByteRange) -> Range<UInt64> {
-        (range.offset / granularity)..<((range.end - 1) / granularity + 1)
-    }
-
-    /// Reads the live disk: the overlay where it holds a block, the base elsewhere.
-    public func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try checkRange(offset, UInt64(buffer.count))
-        try io.withShared {
-            guard let overlay else { return try image.read(into: buffer, at: offset) }
-            try forEachBlockPiece(offset: offset, count: UInt64(buffer.count)) { block, within, piece in
-                let out = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.offset - offset)..<Int(piece.end - offset)])
-                if try !overlay.read(block: block, within: within, into: out) {
-                    try image.read(into: out, at: piece.offset)
-                }
-            }
-        }
-    }
-
-    /// `read` if it needs no disk I/O and no waiting for a lock (the NBD server calls it on its
-    /// event loop); false otherwise, and the caller then uses `read`.
-    public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard offset <= size, UInt64(buffer.count) <= size - offset else { return false }
-        // Shared like `read`, so a checkpoint or a merge batch never sees this read half done.
-        let served = io.withSharedIfAvailable { () -> Bool in
-            guard let overlay else { return image.readIfCached(into: buffer, at: offset) }
-            var served = true
-            forEachBlockPiece(offset: offset, count: UInt64(buffer.count)) { block, within, piece in
-                guard served else { return }
-                let out = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.offset - offset)..<Int(piece.end - offset)])
-                switch overlay.readIfCached(block: block, within: within, into: out) {
-                case .served: break
-                case .notInOverlay: served = image.readIfCached(into: out, at: piece.offset)
-                case .wouldBlock: served = false
-                }
-            }
-            return served
-        }
-        return served ?? false
-    }
-
-    /// The change ID of the checkpoint whose frozen base can be read now, or nil.
-    public var readableCheckpointID: String? { readableCheckpoint.withLock { $0 } }
-
-    /// Reads the base file: the disk exactly as it was at checkpoint `checkpointID`.
-    /// - Throws: `noCheckpoint` once that checkpoint is being released or gone: the base
-    ///   then holds other bytes (merged writes, or another checkpoint's point in time).
-    public func readCheckpoint(_ checkpointID: String, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try checkRange(offset, UInt64(buffer.count))
-        try io.withShared {
-            try requireReadable(checkpointID)
-            try image.read(into: buffer, at: offset)
-        }
-    }
-
-    /// `readCheckpoint` if every byte is in the page cache and no lock is busy; false otherwise.
-    public func readCheckpointIfCached(_ checkpointID: String, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
-        guard offset <= size, UInt64(buffer.count) <= size - offset else { return false }
-        let served = io.withSharedIfAvailable { () -> Bool in
-            guard readableCheckpoint.withLock({ $0 }) == checkpointID else { return false }
-            return image.readIfCached(into: buffer, at: offset)
-        }
-        return served ?? false
-    }
-
-    /// Call with `io` held (shared is enough: a release clears the ID before its first merge
-    /// batch, and every batch holds `io` exclusive).
-    func requireReadable(_ checkpointID: String) throws {
-        let current = readableCheckpoint.withLock { $0 }
-        guard current == checkpointID else {
-            throw FilterError(.noCheckpoint, "checkpoint \(checkpointID) of disk \(name) has been released\(current.map { "; checkpoint \($0) is open now" } ?? ""); this connection belonged to the released checkpoint: reconnect to \(name)\(FilterExportProvider.checkpointSuffix) to read the current one")
-        }
-    }
-
-    public func write(offset: UInt64, bytes: UnsafeRawBufferPointer, fua: Bool) throws {
-        try checkRange(offset, UInt64(bytes.count))
-        guard bytes.count > 0 else { return }
-        let range = ByteRange(offset: offset, length: UInt64(bytes.count))
-        try io.withShared {
-            try blockLocks.withBlocks(blocks(of: range)) {
-                try tracker.markWrite(range)
-                hooks.withLock { $0.afterMark }?(false, range)
-                var touched = Touched()
-                if let overlay {
-                    try forEachBlockPiece(offset: offset, count: range.length) { _, _, piece in
-                        let data = UnsafeRawBufferPointer(rebasing: bytes[Int(piece.offset - offset)..<Int(piece.end - offset)])
-                        if try overlay.write(data, at: piece.offset, base: { try readBaseBlock(at: $0, into: $1) }) {
-                            touched.overlay = true
-                        } else {
-                            try image.write(data, at: piece.offset)
-                            touched.base = true
-                        }
-                    }
-                } else {
-                    try image.write(bytes, at: offset)
-                    touched.base = true
-                }
-                if fua { try makeDurable(touched) }
-            }
-        }
-    }
-
-    /// TRIM and WRITE_ZEROES: both leave the range reading as zeroes here (`noHole` asks
-    /// for allocated zeroes instead of a hole).
-    public func zero(_ range: ByteRange, noHole: Bool, fua: Bool) throws {
-        try checkRange(range.offset, range.length)
-        guard range.length > 0 else { return }
-        try io.withShared {
-            try blockLocks.withBlocks(blocks(of: range)) {
-                try tracker.markZero(range)
-                hooks.withLock { $0.afterMark }?(true, range)
-                var touched = Touched()
-                if let overlay {
-                    // The same walk as `write`: whole blocks become zero records, partial
-                    // blocks copy-on-write zeroes; blocks the overlay does not take (a merge
-                    // is running) are zeroed in the base.
-                    try forEachBlockPiece(offset: range.offset, count: range.length) { block, within, piece in
-                        let taken: Bool
-                        if within == 0 && piece.end == min((block + 1) * granularity, size) {
-                            taken = try overlay.zeroBlock(block)
-                        } else {
-                            let zeroes = [UInt8](repeating: 0, count: Int(piece.length))
-                            taken = try zeroes.withUnsafeBytes { z in
-                                try overlay.write(z, at: piece.offset, base: { try readBaseBlock(at: $0, into: $1) })
-                            }
-                        }
-                        if taken {
-                            touched.overlay = true
-                        } else {
-                            try zeroBase(piece, noHole: noHole)
-                            touched.base = true
-                        }
-                    }
-                } else {
-                    try zeroBase(range, noHole: noHole)
-                    touched.base = true
-                }
-                if fua { try makeDurable(touched) }
-            }
-        }
-    }
-
-    /// Which files a request changed, so FUA makes each of them durable.
-    private struct Touched {
-        var base = false
-        var overlay = false
-    }
-
-    private func makeDurable(_ touched: Touched) throws {
-        if touched.overlay, let overlay {
-            try overlay.flush()
-            hooks.withLock { $0.synced }?(false)
-        }
-        if touched.base {
-            try image.sync()
-            hooks.withLock { $0.synced }?(true)
-        }
-    }
-
-    private func zeroBase(_ range: ByteRange, noHole: Bool) throws {
-        if noHole { try image.writeZeroes(range) } else { try image.punchHole(range) }
-    }
-
-    /// FLUSH: the data (base and overlay) is durable. The tracking state needs nothing here:
-    /// the activity log made every mark durable before its write was issued.
-    public func flush() throws {
-        try io.withShared {
-            try makeDurable(Touched(base: true, overlay: overlay != nil))
-        }
-    }
-
-    private func readBaseBlock(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        // The last block may be partial: past the end of the disk reads as zeroes.
-        let count = Int(min(UInt64(buffer.count), size - offset))
-        if count < buffer.count {
-            UnsafeMutableRawBufferPointer(rebasing: buffer[count...]).initializeMemory(as: UInt8.self, repeating: 0)
-        }
-        try image.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), at: offset)
-    }
-
-    /// Calls `body(block, offsetWithinBlock, piece)` for each piece of `[offset, offset + count)`
-    /// that lies inside one block, in order.
-    private func forEachBlockPiece(offset: UInt64, count: UInt64, _ body: (UInt64, Int, ByteRange) throws -> Void) rethrows {
-        var at = offset
-        let end = offset + count
-        while at < end {
-            let block = at / granularity
-            let within = at - block * granularity
-            let n = min(end - at, granularity - within)
-            try body(block, Int(within), ByteRange(offset: at, length: n))
-            at += n
-        }
-    }
-
-    // MARK: - Checkpoints
-
-    /// Closes the current epoch and redirects writes into a new overlay, atomically with
-    /// respect to every write (the exclusive lock drains in-flight I/O first). Waits for a
-    /// release that is still merging. Either every step happens or none: a failure (a full
-    /// state directory...) leaves the disk as it was, with no checkpoint.
-    public func checkpoint(owner newOwner: CheckpointOwner? = nil) throws -> CheckpointInfo {
-        releaseGate.lock()
-        defer { releaseGate.unlock() }
-        guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
-        return try io.withExclusive {
-            if overlay != nil {
-                throw FilterError(.checkpointOpen, "disk \(name) already has an open checkpoint; release it first (tessera filter release --disk \(name) [--abort])")
-            }
-            // The base becomes the point in time: make it durable as it stands.
-            try image.sync()
-            let created = try Overlay.create(in: stateDirectory, blockSize: granularity, diskSize: size)
-            do {
-                if let newOwner {
-                    try DurableFile.write(Array(try JSONEncoder().encode(newOwner)), to: ownerPath)
-                }
-                let info = try tracker.checkpoint()
-                overlayBox.withLock { $0 = created }
-                owner.withLock { $0 = newOwner }
-                readableCheckpoint.withLock { $0 = info.changeID.description }
-                return info
-            } catch {
-                unlink(ownerPath)
-                try? created.destroy()
-                throw error
-            }
-        }
-    }
-
-    /// Merges the overlay back into the base while the disk stays in use, then closes the
-    /// checkpoint in the tracker (commit: the backup succeeded; abort: it did not — either
-    /// way no change is lost).
-    public func release(commit: Bool) throws {
-        // A second release is refused at once; a checkpoint holding the gate is waited for.
-        guard !releaseRunning.exchange(true, ordering: .acquiringAndReleasing) else {
-            throw FilterError(.busy, "a release of disk \(name) is already running")
-        }
-        defer { releaseRunning.store(false, ordering: .releasing) }
-        releaseGate.lock()
-        defer { releaseGate.unlock() }
-        guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
-        guard let overlay else {
-            throw FilterError(.noCheckpoint, "disk \(name) has no open checkpoint to release")
-        }
-        // From here the base stops being the checkpoint: its readers get errors, not bytes.
-        let frozen = io.withExclusive { readableCheckpoint.withLock { id in defer { id = nil }; return id } }
-        do {
-            try overlay.beginMerge(commit: commit)
-        } catch {
-            // Nothing was merged: the base is still the checkpoint.
-            readableCheckpoint.withLock { $0 = frozen }
-            throw error
-        }
-        try finishMerge(overlay, commit: commit, releaseTracker: true)
-    }
-
-    private func shuttingDown() -> FilterError {
-        FilterError(.busy, "the filter is shutting down; disk \(name) takes no checkpoint or release now (a release cut short finishes when the filter starts again)")
-    }
-
-    /// Copies the overlay back in batches; each batch holds the I/O lock exclusive only for
-    /// itself, so clients keep working between batches. Stops between batches when the disk
-    /// is closing: the overlay stays marked as merging and the next start finishes it.
-    private func finishMerge(_ overlay: Overlay, commit: Bool, releaseTracker: Bool) throws {
-        while true {
-            hooks.withLock { $0.beforeMergeBatch }?()
-            if closing.load(ordering: .acquiring) { throw shuttingDown() }
-            let left = try io.withExclusive {
-                try overlay.mergeBatch(limit: 64,
-                                       writeBase: { try image.write($1, at: $0) },
-                                       zeroBase: { try image.punchHole($0) },
-                                       syncBase: { try image.sync() })
-            }
-            if left == 0 { break }
-        }
-        try io.withExclusive {
-            try image.sync()
-            // A release whose tracker step was done in memory but could not be saved (a full
-            // state directory) is retried by saving it; the overlay goes only after that.
-            if releaseTracker && tracker.status().openCheckpoint != nil {
-                try tracker.release(commit: commit)
-            } else if releaseTracker {
-                try tracker.persist()
-            }
-            try overlay.destroy()
-            overlayBox.withLock { $0 = nil }
-            owner.withLock { $0 = nil }
-            readableCheckpoint.withLock { $0 = nil }
-            unlink(ownerPath)
         }
     }
 
