@@ -92,7 +92,7 @@ extension ChangeTracker {
                                  checkpoint: contents.checkpoint, lastCommitted: contents.lastCommitted,
                                  identity: identity ?? contents.identity, cleanOpen: !unclean, openReport: report,
                                  lastAssignedLogSequence: lastLogSequence, persistedLogSequence: contents.logSequence,
-                                 snapshotLogSequence: contents.logSequence)
+                                 encodedLogSequence: contents.logSequence)
             for extent in replayed {
                 let start = extent * replayExtentSize
                 state.map.markWrite(ByteRange(offset: start, length: min(start + replayExtentSize, diskSize) - start))
@@ -111,7 +111,7 @@ extension ChangeTracker {
                                  map: DirtyMap(diskSize: diskSize, granularity: configuration.granularity),
                                  checkpoint: nil, lastCommitted: nil, identity: identity, cleanOpen: false, openReport: lines,
                                  lastAssignedLogSequence: lastLogSequence, persistedLogSequence: lastLogSequence,
-                                 snapshotLogSequence: lastLogSequence)
+                                 encodedLogSequence: lastLogSequence)
         }
         if newGenerationReason == nil { state.openReport = report }
 
@@ -122,7 +122,7 @@ extension ChangeTracker {
             lastLogSequence = newest
             state.lastAssignedLogSequence = newest
             state.persistedLogSequence = newest
-            state.snapshotLogSequence = newest
+            state.encodedLogSequence = newest
         }
 
         // Order matters: the state (with replayed marks) is durable before the log that held

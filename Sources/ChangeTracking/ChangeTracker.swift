@@ -29,7 +29,7 @@ public final class ChangeTracker: Sendable {
 
     let state: Mutex<TrackerState>
     let logWriter: Mutex<LogWriter>
-    /// Serialises state file writes so they land in snapshot order; counts them.
+    /// Serialises state file writes so they land in the order they were encoded; counts them.
     let persistLock = Mutex<UInt64>(0)
 
     struct LogWriter: ~Copyable {
@@ -74,7 +74,7 @@ public final class ChangeTracker: Sendable {
             guard !s.closed else { throw Self.closedError() }
             try Self.check(range, diskSize: s.map.diskSize)
             guard !range.isEmpty else { return .done }
-            // The mark goes into memory first: a persist that snapshots after this point
+            // The mark goes into memory first: a persist that encodes the state after this point
             // contains it, and the log record below covers any crash before such a persist.
             if zero { s.map.markZero(range) } else { s.map.markWrite(range) }
             let extents = (range.offset >> extentShift)...((range.end - 1) >> extentShift)
@@ -131,7 +131,7 @@ public final class ChangeTracker: Sendable {
             }
             w.durableBatch = id
             state.withLock { s in
-                for (sequence, chunk) in written where sequence > s.snapshotLogSequence {
+                for (sequence, chunk) in written where sequence > s.encodedLogSequence {
                     for e in chunk { s.hot[e] = sequence }
                 }
             }
@@ -302,7 +302,7 @@ public final class ChangeTracker: Sendable {
         try persistState(identity: nil)
     }
 
-    /// Snapshots the state under the main lock and writes it durably outside it.
+    /// Encodes the state under the main lock and writes it durably outside it.
     func persistState(identity: FileIdentity?) throws {
         try persistLock.withLock { count throws in
             let (bytes, logSequence) = state.withLock { s in
@@ -311,9 +311,9 @@ public final class ChangeTracker: Sendable {
                 let bytes = StateFile.encode(generation: s.generation, generationReason: s.generationReason, map: s.map,
                                              checkpoint: s.checkpoint, lastCommitted: s.lastCommitted,
                                              identity: s.identity, logSequence: logSequence)
-                // From here a mark into a formerly hot extent must log again: this snapshot
+                // From here a mark into a formerly hot extent must log again: this encoded state
                 // may not contain it, and its old record will count as contained.
-                s.snapshotLogSequence = max(s.snapshotLogSequence, logSequence)
+                s.encodedLogSequence = max(s.encodedLogSequence, logSequence)
                 s.hot = s.hot.filter { $0.value > logSequence }
                 return (bytes, logSequence)
             }

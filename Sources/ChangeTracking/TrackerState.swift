@@ -19,7 +19,7 @@ struct TrackerState: Sendable {
     var openReport: [String]
 
     // Activity log bookkeeping. Invariant: an extent in `hot` is covered by a durable log
-    // record with a sequence above `snapshotLogSequence`, so a crash replays it whatever
+    // record with a sequence above `encodedLogSequence`, so a crash replays it whatever
     // state file is on disk.
     var hot: [UInt64: UInt64] = [:]
     /// Extents waiting for the next log batch (group commit).
@@ -29,8 +29,8 @@ struct TrackerState: Sendable {
     var lastAssignedLogSequence: UInt64
     /// The state file on disk contains every record up to this sequence.
     var persistedLogSequence: UInt64
-    /// The highest log sequence any state snapshot (durable or still being written) contains.
-    var snapshotLogSequence: UInt64
+    /// The highest log sequence any encoded state (durable or still being written) contains.
+    var encodedLogSequence: UInt64
 
     /// Starts a fresh generation over the same (or a new) disk size.
     mutating func startGeneration(diskSize: UInt64, reason: String) {

@@ -22,7 +22,7 @@ extension FilteredDisk {
             }
             // The base becomes the point in time: make it durable as it stands.
             try image.sync()
-            let created = try Overlay.create(in: stateDirectory, blockSize: granularity, diskSize: size)
+            let created = try Overlay.create(in: stateDirectory, granularity: granularity, diskSize: size)
             do {
                 if let newOwner {
                     try DurableFile.write(Array(try JSONEncoder().encode(newOwner)), to: ownerPath)

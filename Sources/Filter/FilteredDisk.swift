@@ -131,7 +131,7 @@ public final class FilteredDisk: Sendable {
         var overlay: Overlay?
         var resetAfterMerge = false
         if Overlay.exists(in: stateDirectory) {
-            let recovered = try Overlay.recover(in: stateDirectory, blockSize: granularity, diskSize: image.size)
+            let recovered = try Overlay.recover(in: stateDirectory, granularity: granularity, diskSize: image.size)
             overlay = recovered
             if recovered.isMerging {
                 notes.append("resumed a release (\(recovered.releaseCommit ? "commit" : "abort")) that was interrupted")
@@ -149,7 +149,7 @@ public final class FilteredDisk: Sendable {
         } else if tracker.status().openCheckpoint != nil {
             // A crash between the tracker's checkpoint and the overlay's creation: no write
             // went anywhere yet, so an empty overlay is exactly right.
-            overlay = try Overlay.create(in: stateDirectory, blockSize: granularity, diskSize: image.size)
+            overlay = try Overlay.create(in: stateDirectory, granularity: granularity, diskSize: image.size)
             notes.append("a checkpoint left open by an earlier run is still open: release it (commit or abort)")
         }
         let disk = FilteredDisk(name: name, path: path, image: image, tracker: tracker,

@@ -44,7 +44,7 @@ final class Overlay: Sendable {
     static let recordSize = 64
 
     let directory: String
-    let blockSize: UInt64
+    let granularity: UInt64
     let diskSize: UInt64
     private let mapFile: BlockFile
     private let dataFile: BlockFile
@@ -65,9 +65,9 @@ final class Overlay: Sendable {
     var mapPath: String { "\(directory)/overlay.map" }
     static func exists(in directory: String) -> Bool { DurableFile.exists("\(directory)/overlay.map") }
 
-    private init(directory: String, blockSize: UInt64, diskSize: UInt64, mapFile: BlockFile, dataFile: BlockFile, state: consuming State) {
+    private init(directory: String, granularity: UInt64, diskSize: UInt64, mapFile: BlockFile, dataFile: BlockFile, state: consuming State) {
         self.directory = directory
-        self.blockSize = blockSize
+        self.granularity = granularity
         self.diskSize = diskSize
         self.mapFile = mapFile
         self.dataFile = dataFile
@@ -79,13 +79,13 @@ final class Overlay: Sendable {
     /// Creates an empty overlay (durably: header synced, names synced).
     /// Either it exists whole or no file of it is left (a half-made overlay would be taken
     /// for a damaged one at the next start).
-    static func create(in directory: String, blockSize: UInt64, diskSize: UInt64) throws -> Overlay {
+    static func create(in directory: String, granularity: UInt64, diskSize: UInt64) throws -> Overlay {
         do {
             let dataFile = try BlockFile(path: "\(directory)/overlay.data", mode: .createReadWrite)
             try dataFile.truncate(to: 0)
             let mapFile = try BlockFile(path: "\(directory)/overlay.map", mode: .createReadWrite)
             try mapFile.truncate(to: 0)
-            let overlay = Overlay(directory: directory, blockSize: blockSize, diskSize: diskSize,
+            let overlay = Overlay(directory: directory, granularity: granularity, diskSize: diskSize,
                                   mapFile: mapFile, dataFile: dataFile, state: State())
             try overlay.writeHeader(flushedRecords: 0, merging: false, releaseCommit: false)
             try mapFile.sync()
@@ -102,12 +102,12 @@ final class Overlay: Sendable {
     /// Opens an overlay left by an earlier run and rebuilds its map from the records.
     /// - Throws: `FilterError.damaged` when flushed records are damaged: those writes were
     ///   acknowledged as durable, so refusing is better than silently reverting them.
-    static func recover(in directory: String, blockSize: UInt64, diskSize: UInt64) throws -> Overlay {
+    static func recover(in directory: String, granularity: UInt64, diskSize: UInt64) throws -> Overlay {
         let mapFile = try BlockFile(path: "\(directory)/overlay.map", mode: .readWrite)
         let dataFile = try BlockFile(path: "\(directory)/overlay.data", mode: .createReadWrite)
         let header = try mapFile.read(count: recordSize, at: 0)
         var r = ByteReader(header)
-        let magic = try r.u64(), version = try r.u32(), storedBlockSize = try r.u32(), storedDiskSize = try r.u64()
+        let magic = try r.u64(), version = try r.u32(), storedGranularity = try r.u32(), storedDiskSize = try r.u64()
         let flushed = try r.u64(), merging = try r.u32(), releaseCommit = try r.u32()
         _ = try r.u64(); _ = try r.u64()
         let checksum = try r.u64()
@@ -115,8 +115,8 @@ final class Overlay: Sendable {
               checksum == XXH3.hash64(Array(header[0..<56])) else {
             throw FilterError(.damaged, "overlay header in \(directory)/overlay.map is damaged; the writes taken during the open checkpoint cannot be trusted. Move the overlay files aside and run `tessera filter reset` for this disk, then take a full backup")
         }
-        guard UInt64(storedBlockSize) == blockSize, storedDiskSize == diskSize else {
-            throw FilterError(.damaged, "overlay in \(directory) was made for block size \(storedBlockSize) and disk size \(storedDiskSize), not \(blockSize)/\(diskSize); was the disk resized while a checkpoint was open?")
+        guard UInt64(storedGranularity) == granularity, storedDiskSize == diskSize else {
+            throw FilterError(.damaged, "overlay in \(directory) was made for granularity \(storedGranularity) and disk size \(storedDiskSize), not \(granularity)/\(diskSize); was the disk resized while a checkpoint was open?")
         }
         var state = State()
         state.flushedRecords = flushed
@@ -125,7 +125,7 @@ final class Overlay: Sendable {
         let fileSize = try mapFile.size()
         let records = (fileSize - UInt64(recordSize)) / UInt64(recordSize)
         var index: UInt64 = 0
-        var block = [UInt8](repeating: 0, count: Int(blockSize))
+        var block = [UInt8](repeating: 0, count: Int(granularity))
         while index < records {
             let raw = try mapFile.read(count: recordSize, at: UInt64(recordSize) * (index + 1))
             var rr = ByteReader(raw)
@@ -147,7 +147,7 @@ final class Overlay: Sendable {
             // a later recovery could find the stale record matching the slot's new content.
             if kind == .data { state.nextSlot = max(state.nextSlot, slot + 1) }
             if kind == .data && index >= flushed {
-                try block.withUnsafeMutableBytes { try dataFile.read(into: $0, at: slot * blockSize) }
+                try block.withUnsafeMutableBytes { try dataFile.read(into: $0, at: slot * granularity) }
                 if XXH3.hash64(block) != dataChecksum { index += 1; continue }
             }
             switch kind {
@@ -158,7 +158,7 @@ final class Overlay: Sendable {
             index += 1
         }
         state.recordCount = records
-        let overlay = Overlay(directory: directory, blockSize: blockSize, diskSize: diskSize,
+        let overlay = Overlay(directory: directory, granularity: granularity, diskSize: diskSize,
                               mapFile: mapFile, dataFile: dataFile, state: state)
         return overlay
     }
@@ -176,7 +176,7 @@ final class Overlay: Sendable {
     var releaseCommit: Bool { state.withLock { $0.releaseCommit } }
     var blockCount: Int { state.withLock { $0.map.count } }
     /// Bytes the overlay holds on disk (data slots + map records).
-    var storedBytes: UInt64 { state.withLock { $0.nextSlot * blockSize + ($0.recordCount + 1) * UInt64(Overlay.recordSize) } }
+    var storedBytes: UInt64 { state.withLock { $0.nextSlot * granularity + ($0.recordCount + 1) * UInt64(Overlay.recordSize) } }
 
     func entry(forBlock block: UInt64) -> Entry? { state.withLock { $0.map[block] } }
 
@@ -187,24 +187,24 @@ final class Overlay: Sendable {
     /// - Returns: false when the block is not in the overlay and the overlay is merging, so
     ///   the caller writes to the base instead.
     func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, base: (UInt64, UnsafeMutableRawBufferPointer) throws -> Void) throws -> Bool {
-        let block = offset / blockSize
-        let within = Int(offset - block * blockSize)
-        precondition(within + bytes.count <= Int(blockSize), "a write passed to the overlay stays inside one block")
+        let block = offset / granularity
+        let within = Int(offset - block * granularity)
+        precondition(within + bytes.count <= Int(granularity), "a write passed to the overlay stays inside one block")
         // A slot whose record was flushed is trusted after a crash whatever it holds, so it
         // can be written in place without the lock.
         let (found, flushed) = state.withLock { ($0.map[block], $0.flushedRecords) }
         if let entry = found, entry.kind == .data, entry.record < flushed {
-            try dataFile.write(bytes, at: entry.slot * blockSize + UInt64(within))
+            try dataFile.write(bytes, at: entry.slot * granularity + UInt64(within))
             return true
         }
         return try state.withLock { (s: inout State) throws -> Bool in
             // Re-check under the lock: another writer may have allocated the block meanwhile.
             if let entry = s.map[block], entry.kind == .data, entry.record < s.flushedRecords {
-                try dataFile.write(bytes, at: entry.slot * blockSize + UInt64(within))
+                try dataFile.write(bytes, at: entry.slot * granularity + UInt64(within))
                 return true
             }
             if s.merging && s.map[block] == nil { return false }
-            var content = [UInt8](repeating: 0, count: Int(blockSize))
+            var content = [UInt8](repeating: 0, count: Int(granularity))
             if let entry = s.map[block], entry.kind == .data {
                 // The block's newest record is not flushed: recovery trusts it only while its
                 // slot still matches the record's checksum. Writing that slot in place would
@@ -212,16 +212,16 @@ final class Overlay: Sendable {
                 // own record is appended would drop the block and every acknowledged write
                 // in it. Copy on write into a fresh slot instead: the old record stays valid
                 // until the new one exists. (Slots freed this way are reclaimed at release.)
-                try content.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * blockSize) }
+                try content.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * granularity) }
             } else if s.map[block] == nil {
-                try content.withUnsafeMutableBytes { try base(block * blockSize, $0) }
+                try content.withUnsafeMutableBytes { try base(block * granularity, $0) }
             }
             content.withUnsafeMutableBytes { dst in
                 (dst.baseAddress! + within).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
             }
             let slot = s.nextSlot
             let record = s.recordCount
-            try dataFile.write(content, at: slot * blockSize)
+            try dataFile.write(content, at: slot * granularity)
             try faultBeforeRecord.withLock { try $0?() }
             try appendRecord(&s, kind: .data, block: block, slot: slot, dataChecksum: XXH3.hash64(content))
             s.nextSlot += 1
@@ -247,7 +247,7 @@ final class Overlay: Sendable {
     func read(block: UInt64, within: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
         guard let entry = entry(forBlock: block) else { return false }
         switch entry.kind {
-        case .data: try dataFile.read(into: buffer, at: entry.slot * blockSize + UInt64(within))
+        case .data: try dataFile.read(into: buffer, at: entry.slot * granularity + UInt64(within))
         case .zero: buffer.initializeMemory(as: UInt8.self, repeating: 0)
         case .merged: return false
         }
@@ -265,7 +265,7 @@ final class Overlay: Sendable {
         switch entry.kind {
         case .data:
             return dataFile.readIfCached(into: buffer,
-                                      at: entry.slot * blockSize + UInt64(within)) ? .served : .wouldBlock
+                                      at: entry.slot * granularity + UInt64(within)) ? .served : .wouldBlock
         case .zero:
             buffer.initializeMemory(as: UInt8.self, repeating: 0)
             return .served
@@ -311,13 +311,13 @@ final class Overlay: Sendable {
                     zeroBase: (ByteRange) throws -> Void, syncBase: () throws -> Void) throws -> Int {
         let batch: [(UInt64, Entry)] = state.withLock { s in Array(s.map.prefix(limit)).map { ($0.key, $0.value) } }
         if batch.isEmpty { return 0 }
-        var buffer = [UInt8](repeating: 0, count: Int(blockSize))
+        var buffer = [UInt8](repeating: 0, count: Int(granularity))
         for (block, entry) in batch {
-            let start = block * blockSize
-            let length = min(blockSize, diskSize - start)
+            let start = block * granularity
+            let length = min(granularity, diskSize - start)
             switch entry.kind {
             case .data:
-                try buffer.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * blockSize) }
+                try buffer.withUnsafeMutableBytes { try dataFile.read(into: $0, at: entry.slot * granularity) }
                 try buffer.withUnsafeBytes { try writeBase(start, UnsafeRawBufferPointer(rebasing: $0[0..<Int(length)])) }
             case .zero:
                 try zeroBase(ByteRange(offset: start, length: length))
@@ -353,7 +353,7 @@ final class Overlay: Sendable {
 
     private func writeHeader(flushedRecords: UInt64, merging: Bool, releaseCommit: Bool) throws {
         var w = ByteWriter()
-        w.u64(Overlay.headerMagic); w.u32(Overlay.version); w.u32(UInt32(blockSize)); w.u64(diskSize)
+        w.u64(Overlay.headerMagic); w.u32(Overlay.version); w.u32(UInt32(granularity)); w.u64(diskSize)
         w.u64(flushedRecords); w.u32(merging ? 1 : 0); w.u32(releaseCommit ? 1 : 0); w.u64(0); w.u64(0)
         w.u64(XXH3.hash64(w.bytes))
         try mapFile.write(w.bytes, at: 0)
