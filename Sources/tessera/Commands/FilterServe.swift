@@ -53,6 +53,8 @@ struct FilterServe: AsyncParsableCommand {
             Output.error("\(error)")
             throw ExitCode.failure
         }
+        // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
+        let termination = TerminationSignals()
         let server = NBDServer(provider: FilterExportProvider(service: service), logger: logger)
         let controlServer = ControlServer(path: control, logger: logger) { try service.handle($0, $1) }
         do {
@@ -82,7 +84,7 @@ struct FilterServe: AsyncParsableCommand {
                 service.persistAll()
             }
         }
-        await waitForTermination()
+        await termination.wait()
         logger.info("stopping: finishing in-flight requests")
         persister.cancel()
         controlServer.stop()

@@ -35,6 +35,8 @@ struct ServeCommand: AsyncParsableCommand {
         let export = try reportingErrors {
             try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name)
         }
+        // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
+        let termination = TerminationSignals()
         let server = NBDServer(provider: NBDExportSet([export]), logger: logger)
         do {
             try await server.start(unixSocket: socket)
@@ -48,7 +50,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         print("serving snapshot \(export.record.id) of disk \(export.record.diskName) read-only on nbd+unix:///\(export.info.name)?socket=\(socket)")
         fflush(nil)
-        await waitForTermination()
+        await termination.wait()
         try? await server.shutdown()
         export.close()
         print("stopped cleanly")
