@@ -20,8 +20,8 @@ struct FilterServe: AsyncParsableCommand {
 
     @Option(name: .customLong("disk"), help: "NAME=PATH of a disk to serve (repeatable).")
     var disks: [String]
-    @Option(help: "The NBD Unix socket to listen on.") var socket: String
-    @Option(help: "The control endpoint's Unix socket (created with mode 0600).") var control: String
+    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
+    @Option(help: "The control endpoint's Unix socket (mode 0600; only root and this user may connect).") var control: String
     @Option(help: "Where tracking state, activity logs and overlays live.") var stateDir: String
     @Option(help: "Tracking granularity: a power of two from 4K to 16M.") var granularity: ByteCount = ByteCount(bytes: 65536)
     @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """

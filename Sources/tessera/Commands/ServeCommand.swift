@@ -21,7 +21,7 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var repository: RepositoryOptions
     @Argument(help: "A snapshot ID, a unique prefix of one, or `latest` (with --disk).") var snapshot: String
     @Option(help: "The disk, for `latest`.") var disk: String?
-    @Option(help: "The NBD Unix socket to listen on.") var socket: String
+    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
     @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """
         NBD over TCP has no authentication and no encryption: whoever connects can read the \
         whole snapshot. Only loopback addresses (127.0.0.0/8, ::1, localhost) are accepted unless \
