@@ -1,11 +1,14 @@
 import Foundation
 import Logging
+import NBD
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Serves the control endpoint on a Unix socket (mode 0600).
+/// Serves the control endpoint on a Unix socket (mode 0600, created like the NBD server's:
+/// `UnixSocketFile`). A peer that is neither root nor this process's user (`SO_PEERCRED`) is
+/// refused with a log line.
 ///
 /// One thread accepts; each connection gets a thread. A malformed message gets an error
 /// reply and the connection is closed (a byte stream cannot be resynchronised); the server
@@ -17,6 +20,7 @@ public final class ControlServer: Sendable {
     private let handler: Handler
     private let logger: Logger
     private let listener: Mutex<Int32> = Mutex(-1)
+    private let identity: Mutex<UnixSocketFile.Identity?> = Mutex(nil)
     private let stopped = Mutex(false)
     private let connections = Mutex<Set<Int32>>([])
 
@@ -27,8 +31,9 @@ public final class ControlServer: Sendable {
     }
 
     public func start() throws {
-        let fd = try UnixSocket.listen(path: path)
+        let (fd, file) = try UnixSocket.listen(path: path)
         listener.withLock { $0 = fd }
+        identity.withLock { $0 = file }
         let thread = Thread { [self] in acceptLoop(fd) }
         thread.name = "control-accept"
         thread.start()
@@ -43,9 +48,10 @@ public final class ControlServer: Sendable {
             return old
         }
         if fd >= 0 {
+            // Removed while still listening, so it cannot be a successor's socket.
+            if let file = identity.withLock({ $0 }) { UnixSocketFile.remove(path, ifStill: file) }
             shutdown(fd, Int32(SHUT_RDWR))
             close(fd)
-            unlink(path)
         }
         for c in connections.withLock({ $0 }) { shutdown(c, Int32(SHUT_RDWR)) }
     }
@@ -61,6 +67,12 @@ public final class ControlServer: Sendable {
                 continue
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            let peer = UnixSocketFile.peer(of: client)
+            guard let peer, UnixSocketFile.mayConnect(peer) else {
+                logger.warning("control endpoint: \(UnixSocketFile.refusal(peer, socket: path))")
+                close(client)
+                continue
+            }
             connections.withLock { _ = $0.insert(client) }
             let thread = Thread { [self] in
                 serve(client)

@@ -1,4 +1,5 @@
 import BlockIO
+import NBD
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,62 +10,25 @@ import Glibc
 /// blocking I/O is the simplest thing that is obviously correct.
 enum UnixSocket {
     static func address(_ path: String) throws -> sockaddr_un {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard bytes.count < capacity else {
-            throw FilterError(.invalidArgument, "socket path \(path) is longer than \(capacity - 1) bytes; use a shorter path")
+        do {
+            return try UnixSocketFile.address(path)
+        } catch {
+            throw FilterError(.invalidArgument, error.message)
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        return addr
     }
 
-    /// Binds and listens; the socket file gets mode 0600 (only its owner may drive the filter).
-    static func listen(path: String) throws -> Int32 {
-        var addr = try address(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw FilterError(.io, "cannot create a socket: \(String(cString: strerror(errno)))") }
-        // A socket file left by a dead filter would make bind fail; only remove a socket.
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-                close(fd)
-                throw FilterError(.invalidArgument, "\(path) exists and is not a socket; choose another path")
+    /// Binds and listens with the NBD server's implementation (`UnixSocketFile`): mode 0600,
+    /// never a live server's path, only a stale socket replaced, never another kind of file.
+    static func listen(path: String) throws -> (fd: Int32, identity: UnixSocketFile.Identity) {
+        do {
+            return try UnixSocketFile.listen(path: path, backlog: 64)
+        } catch {
+            switch error.kind {
+            case .inUse: throw FilterError(.busy, error.message)
+            case .notASocket, .invalidPath: throw FilterError(.invalidArgument, error.message)
+            case .system: throw FilterError(.io, error.message)
             }
-            if probe(path) {
-                close(fd)
-                throw FilterError(.busy, "\(path) is in use by a running process; stop it or choose another path")
-            }
-            unlink(path)
         }
-        let oldMask = umask(0o177)
-        defer { umask(oldMask) }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else {
-            let e = String(cString: strerror(errno))
-            close(fd)
-            throw FilterError(.io, "cannot bind \(path): \(e)")
-        }
-        chmod(path, 0o600)
-        guard Glibc.listen(fd, 64) == 0 else {
-            let e = String(cString: strerror(errno))
-            close(fd)
-            throw FilterError(.io, "cannot listen on \(path): \(e)")
-        }
-        return fd
-    }
-
-    /// True when something accepts connections at `path`.
-    static func probe(_ path: String) -> Bool {
-        guard let fd = try? connect(path: path) else { return false }
-        close(fd)
-        return true
     }
 
     static func connect(path: String) throws -> Int32 {

@@ -8,10 +8,12 @@ import Synchronization
 /// tells its caller to schedule one drain task, which takes everything queued by then, so a
 /// burst of completions costs one wake-up and one flush.
 final class NBDCompletionQueue: Sendable {
-    /// One finished request: its whole reply, and the READ/WRITE bytes it held in flight.
+    /// One finished request: its whole reply, the READ/WRITE bytes it held in flight, and the
+    /// payload budget it reserved (a WRITE's length), to be returned.
     struct Completion: Sendable {
         var reply: ByteBuffer
         var bytes: Int
+        var reserved: Int
     }
 
     private struct State {

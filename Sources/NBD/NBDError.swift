@@ -33,6 +33,8 @@ public struct NBDError: Error, CustomStringConvertible, Sendable, Equatable {
         case connection
         /// A malformed `nbd://` or `nbd+unix://` URI.
         case badURI
+        /// A server could not listen: a live server already listens on the socket path.
+        case addressInUse
     }
 
     public var code: Code
@@ -73,7 +75,7 @@ public struct NBDError: Error, CustomStringConvertible, Sendable, Equatable {
         case .overflow: return 75
         case .notSupported: return 95
         case .shutdown: return 108
-        case .protocolViolation, .refused, .connection, .badURI: return 5
+        case .protocolViolation, .refused, .connection, .badURI, .addressInUse: return 5
         }
     }
 

@@ -15,14 +15,19 @@ final class NBDHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var machine: NBDHandshake
     private var pending: ByteBuffer?
     private let threadPool: NIOThreadPool
+    private let budget: NBDPayloadBudget
+    private let stallTimeout: TimeAmount
     private var logger: Logger
     private var done = false
     private let timeout: TimeAmount
     private var timer: Scheduled<Void>?
 
-    init(provider: any NBDExportProvider, threadPool: NIOThreadPool, logger: Logger, timeout: TimeAmount) {
+    init(provider: any NBDExportProvider, threadPool: NIOThreadPool, logger: Logger, timeout: TimeAmount,
+         budget: NBDPayloadBudget, stallTimeout: TimeAmount) {
         machine = NBDHandshake(provider: provider)
         self.threadPool = threadPool
+        self.budget = budget
+        self.stallTimeout = stallTimeout
         self.logger = logger
         self.timeout = timeout
     }
@@ -88,9 +93,9 @@ final class NBDHandshakeHandler: ChannelInboundHandler, RemovableChannelHandler 
         ])
         context.writeAndFlush(wrapOutboundOut(reply), promise: nil)
         do {
-            let transmission = NBDTransmissionHandler(session: session, threadPool: threadPool, logger: logger)
-            try context.pipeline.syncOperations.addHandlers(
-                [ByteToMessageHandler(NBDRequestDecoder()), transmission], position: .after(self))
+            let transmission = NBDTransmissionHandler(session: session, threadPool: threadPool, logger: logger,
+                                                      budget: budget, stallTimeout: stallTimeout)
+            try context.pipeline.syncOperations.addHandler(transmission, position: .after(self))
         } catch {
             logger.error("could not set up the transmission phase", metadata: ["error": "\(error)"])
             context.close(promise: nil)

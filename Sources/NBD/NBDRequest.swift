@@ -27,6 +27,12 @@ package struct NBDRequest: Sendable, Equatable {
 
 /// Splits the transmission-phase byte stream into requests, as a pure parser (NIO's WSParser
 /// pattern): it never does I/O and never traps on input.
+///
+/// A WRITE payload that is not wholly in the buffer is copied, as it arrives, into a buffer of
+/// exactly its length (never a doubling cumulation buffer), so the memory an incomplete WRITE
+/// holds is its length. With `gatePayloads`, the parser stops after a WRITE header
+/// (`.writeHeader`) and takes no payload byte until the caller, having reserved memory for it,
+/// calls `acceptPayload()`.
 package struct NBDRequestParser {
     package enum Result: Equatable {
         case needMoreData
@@ -34,19 +40,41 @@ package struct NBDRequestParser {
         /// A WRITE whose payload is longer than we accept. Its bytes cannot be skipped safely
         /// (the length may be a lie), so the connection must end after an EINVAL reply.
         case oversizedWrite(NBDRequest)
+        /// Only with `gatePayloads`: a WRITE header. Call `acceptPayload()` before the next
+        /// `next(_:)`; until then `next` consumes nothing and returns `.needMoreData`.
+        case writeHeader(NBDRequest)
     }
 
     private enum State {
         case header
+        case gated(NBDRequest)
+        /// Receiving a WRITE payload (what arrived so far is in `received`).
         case payload(NBDRequest)
         case failed
     }
 
     private var state: State = .header
+    /// The part of a WRITE payload that arrived so far, in a buffer of exactly its length; nil
+    /// while nothing had to be kept (a payload wholly in one read is sliced, not copied).
+    private var received: ByteBuffer?
     package let maximumPayload: UInt32
+    package let gatePayloads: Bool
 
-    package init(maximumPayload: UInt32 = NBDProtocol.maximumPayload) {
+    package init(maximumPayload: UInt32 = NBDProtocol.maximumPayload, gatePayloads: Bool = false) {
         self.maximumPayload = maximumPayload
+        self.gatePayloads = gatePayloads
+    }
+
+    /// The WRITE whose payload is being received (after `acceptPayload()`, or ungated), with
+    /// the number of its payload bytes received so far.
+    package var incompleteWrite: (request: NBDRequest, received: Int)? {
+        if case .payload(let r) = state { return (r, received?.readableBytes ?? 0) }
+        return nil
+    }
+
+    /// Lets the parser take the payload of the WRITE it reported as `.writeHeader`.
+    package mutating func acceptPayload() {
+        if case .gated(let r) = state { state = .payload(r) }
     }
 
     /// Consumes at most one request from `buffer`.
@@ -56,6 +84,8 @@ package struct NBDRequestParser {
         switch state {
         case .failed:
             throw NBDError(.protocolViolation, "request stream already broken; the connection must be closed")
+        case .gated:
+            return .needMoreData
         case .header:
             guard let (magic, flags, type, cookie, offset, length) = buffer.getMultipleIntegers(
                 at: buffer.readerIndex, as: (UInt32, UInt16, UInt16, UInt64, UInt64, UInt32).self) else {
@@ -72,48 +102,31 @@ package struct NBDRequestParser {
                 state = .failed
                 return .oversizedWrite(request)
             }
+            if gatePayloads {
+                state = .gated(request)
+                return .writeHeader(request)
+            }
             state = .payload(request)
             return try next(&buffer)
         case .payload(var request):
-            guard let data = buffer.readSlice(length: Int(request.length)) else { return .needMoreData }
-            request.payload = data
+            let length = Int(request.length)
+            if received == nil {
+                if let whole = buffer.readSlice(length: length) {
+                    // The common case: the whole payload is here; no copy.
+                    request.payload = whole
+                    state = .header
+                    return .request(request)
+                }
+                received = ByteBufferAllocator().buffer(capacity: length)
+            }
+            // `received` is only ever referenced here, so appending never copies it.
+            let n = min(length - received!.readableBytes, buffer.readableBytes)
+            if n > 0, var part = buffer.readSlice(length: n) { received!.writeBuffer(&part) }
+            guard received!.readableBytes == length else { return .needMoreData }
+            request.payload = received
+            received = nil
             state = .header
             return .request(request)
         }
     }
 }
-
-/// The request parser as a `ByteToMessageDecoder` for the channel pipeline.
-package final class NBDRequestDecoder: ByteToMessageDecoder {
-    package typealias InboundOut = NBDRequestParser.Result
-    private var parser: NBDRequestParser
-    /// Set after an oversized WRITE: what follows is unparseable, and the handler is closing.
-    private var stopped = false
-
-    package init(maximumPayload: UInt32 = NBDProtocol.maximumPayload) {
-        parser = NBDRequestParser(maximumPayload: maximumPayload)
-    }
-
-    package func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        if stopped {
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return .needMoreData
-        }
-        let result = try parser.next(&buffer)
-        switch result {
-        case .needMoreData: return .needMoreData
-        case .oversizedWrite: stopped = true
-        case .request: break
-        }
-        context.fireChannelRead(wrapInboundOut(result))
-        return .continue
-    }
-
-    package func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        // A request cut short by EOF is dropped: its sender is gone.
-        .needMoreData
-    }
-}
-
-@available(*, unavailable)
-extension NBDRequestDecoder: Sendable {}

@@ -20,11 +20,27 @@ struct FilterServe: AsyncParsableCommand {
 
     @Option(name: .customLong("disk"), help: "NAME=PATH of a disk to serve (repeatable).")
     var disks: [String]
-    @Option(help: "The NBD Unix socket to listen on.") var socket: String
-    @Option(help: "The control endpoint's Unix socket (created with mode 0600).") var control: String
+    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
+    @Option(help: "The control endpoint's Unix socket (mode 0600; only root and this user may connect).") var control: String
     @Option(help: "Where tracking state, activity logs and overlays live.") var stateDir: String
     @Option(help: "Tracking granularity: a power of two from 4K to 16M.") var granularity: ByteCount = ByteCount(bytes: 65536)
-    @Option(help: "Also listen on TCP at HOST:PORT (use a loopback address).") var tcp: String?
+    @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """
+        NBD over TCP has no authentication and no encryption: whoever connects can read and \
+        overwrite every served disk. Only loopback addresses (127.0.0.0/8, ::1, localhost) are \
+        accepted unless --tcp-allow-remote is given; loopback is still open to every local user, \
+        while the Unix socket admits only root and the user running the filter.
+        """)) var tcp: String?
+    @Flag(help: ArgumentHelp("Accept a --tcp address other hosts can reach (0.0.0.0, a LAN address).", discussion: """
+        Anyone who can reach that address can then read and overwrite every served disk, with \
+        no password and no encryption. Use it only on an isolated network or behind a firewall.
+        """)) var tcpAllowRemote = false
+    @Option(help: ArgumentHelp("Memory for WRITE payloads, shared by all NBD connections (at least 32M).", discussion: """
+        A WRITE reserves its length from this budget when its header arrives and returns it once \
+        written; a connection that would go over waits, without reading, in arrival order.
+        """)) var payloadBudget: ByteCount = ByteCount(bytes: UInt64(NBDServer.defaultPayloadBudget))
+    @Option(help: ArgumentHelp("Seconds a connection may hold budget for an incomplete WRITE while others wait.", discussion: """
+        Then it is closed, so a client that never sends the rest of a WRITE cannot block the others.
+        """)) var payloadStallTimeout: Int = 30
     @Option(help: "Activity log extent size (a power of two, at least the granularity).") var activityLogExtent: ByteCount = ByteCount(bytes: 4 << 20)
     @Option(help: "Activity log slots.") var activityLogSlots: Int = 1024
     @Option(help: "Seconds between periodic writes of the tracking state.") var persistInterval: Int = 30
@@ -32,7 +48,14 @@ struct FilterServe: AsyncParsableCommand {
     func validate() throws {
         if disks.isEmpty { throw ValidationError("give at least one --disk NAME=PATH") }
         for d in disks where !d.contains("=") { throw ValidationError("--disk takes NAME=PATH, not '\(d)'") }
-        if let tcp, tcp.split(separator: ":").count != 2 { throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809") }
+        if let tcp, NBDServer.parseTCPAddress(tcp) == nil {
+            throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809, not '\(tcp)'")
+        }
+        if tcpAllowRemote && tcp == nil { throw ValidationError("--tcp-allow-remote needs --tcp HOST:PORT") }
+        if payloadBudget.bytes < 32 << 20 || payloadBudget.bytes > 1 << 40 {
+            throw ValidationError("--payload-budget must be from 32M (the largest WRITE) to 1T, not \(payloadBudget)")
+        }
+        if payloadStallTimeout < 1 { throw ValidationError("--payload-stall-timeout must be at least 1 second") }
     }
 
     func run() async throws {
@@ -60,22 +83,29 @@ struct FilterServe: AsyncParsableCommand {
             Output.error("\(error)")
             throw ExitCode.failure
         }
-        let server = NBDServer(provider: FilterExportProvider(service: service), logger: logger)
+        // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
+        let termination = TerminationSignals()
+        let server = NBDServer(provider: FilterExportProvider(service: service), logger: logger,
+                               payloadBudget: Int(payloadBudget.bytes), payloadStallTimeout: .seconds(Int64(payloadStallTimeout)))
         let controlServer = ControlServer(path: control, logger: logger) { try service.handle($0, $1) }
+        var tcpEndpoint: (host: String, port: Int)?
         do {
             try await server.start(unixSocket: socket)
-            if let tcp {
-                let parts = tcp.split(separator: ":")
-                _ = try await server.start(host: String(parts[0]), port: Int(parts[1]) ?? 10809)
+            if let tcp, let (host, port) = NBDServer.parseTCPAddress(tcp) {
+                tcpEndpoint = (host, try await server.start(host: host, port: port, allowRemote: tcpAllowRemote))
             }
             try controlServer.start()
         } catch {
             Output.error("\(error)")
+            try? await server.shutdown()
             service.closeAll()
             throw ExitCode.failure
         }
         for name in service.diskNames {
             print("serving \(name) on nbd+unix:///\(name)?socket=\(socket)")
+            if let tcpEndpoint {
+                print("serving \(name) on \(NBDServer.tcpURI(host: tcpEndpoint.host, port: tcpEndpoint.port, export: name))")
+            }
         }
         print("control endpoint \(control)")
         fflush(nil)
@@ -89,7 +119,7 @@ struct FilterServe: AsyncParsableCommand {
                 service.persistAll()
             }
         }
-        await waitForTermination()
+        await termination.wait()
         logger.info("stopping: finishing in-flight requests")
         persister.cancel()
         controlServer.stop()

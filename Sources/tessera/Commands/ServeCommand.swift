@@ -21,12 +21,24 @@ struct ServeCommand: AsyncParsableCommand {
     @OptionGroup var repository: RepositoryOptions
     @Argument(help: "A snapshot ID, a unique prefix of one, or `latest` (with --disk).") var snapshot: String
     @Option(help: "The disk, for `latest`.") var disk: String?
-    @Option(help: "The NBD Unix socket to listen on.") var socket: String
-    @Option(help: "Also listen on TCP at HOST:PORT (use a loopback address).") var tcp: String?
+    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
+    @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """
+        NBD over TCP has no authentication and no encryption: whoever connects can read the \
+        whole snapshot. Only loopback addresses (127.0.0.0/8, ::1, localhost) are accepted unless \
+        --tcp-allow-remote is given; loopback is still open to every local user, while the Unix \
+        socket admits only root and the user running the server.
+        """)) var tcp: String?
+    @Flag(help: ArgumentHelp("Accept a --tcp address other hosts can reach (0.0.0.0, a LAN address).", discussion: """
+        Anyone who can reach that address can then read the whole snapshot, with no password and \
+        no encryption. Use it only on an isolated network or behind a firewall.
+        """)) var tcpAllowRemote = false
     @Option(help: "The export name (default: the snapshot's disk name).") var name: String?
 
     func validate() throws {
-        if let tcp, tcp.split(separator: ":").count != 2 { throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809") }
+        if let tcp, NBDServer.parseTCPAddress(tcp) == nil {
+            throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809, not '\(tcp)'")
+        }
+        if tcpAllowRemote && tcp == nil { throw ValidationError("--tcp-allow-remote needs --tcp HOST:PORT") }
     }
 
     func run() async throws {
@@ -35,20 +47,26 @@ struct ServeCommand: AsyncParsableCommand {
         let export = try reportingErrors {
             try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name)
         }
+        // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
+        let termination = TerminationSignals()
         let server = NBDServer(provider: NBDExportSet([export]), logger: logger)
+        var tcpEndpoint: (host: String, port: Int)?
         do {
             try await server.start(unixSocket: socket)
-            if let tcp {
-                let parts = tcp.split(separator: ":")
-                _ = try await server.start(host: String(parts[0]), port: Int(parts[1]) ?? 10809)
+            if let tcp, let (host, port) = NBDServer.parseTCPAddress(tcp) {
+                tcpEndpoint = (host, try await server.start(host: host, port: port, allowRemote: tcpAllowRemote))
             }
         } catch {
+            try? await server.shutdown()
             export.close()
             fail("cannot listen: \(error)", code: ExitCodes.failed, json: false)
         }
         print("serving snapshot \(export.record.id) of disk \(export.record.diskName) read-only on nbd+unix:///\(export.info.name)?socket=\(socket)")
+        if let tcpEndpoint {
+            print("serving snapshot \(export.record.id) read-only on \(NBDServer.tcpURI(host: tcpEndpoint.host, port: tcpEndpoint.port, export: export.info.name))")
+        }
         fflush(nil)
-        await waitForTermination()
+        await termination.wait()
         try? await server.shutdown()
         export.close()
         print("stopped cleanly")

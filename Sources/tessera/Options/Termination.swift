@@ -1,36 +1,45 @@
 import Dispatch
 import Foundation
 
-/// Suspends until SIGTERM or SIGINT (the servers' way to stop cleanly).
-func waitForTermination() async {
-    signal(SIGTERM, SIG_IGN)
-    signal(SIGINT, SIG_IGN)
-    let queue = DispatchQueue(label: "tessera.signals")
-    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-        let once = SignalOnce(continuation)
-        for sig in [SIGTERM, SIGINT] {
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            source.setEventHandler { once.fire() }
-            source.resume()
-            once.keep(source)
-        }
-    }
-}
-
-/// Resumes a continuation once, whichever signal comes first; keeps the sources alive.
-private final class SignalOnce: @unchecked Sendable {
-    private var continuation: CheckedContinuation<Void, Never>?
+/// SIGTERM and SIGINT, the servers' way to stop cleanly.
+///
+/// The signals are caught from the moment this value is created, and one that arrives before
+/// `wait()` is kept. Create it before the server says it is ready: a supervisor (or a test)
+/// that sends SIGTERM right after the ready line must not find the signal ignored and lost.
+final class TerminationSignals: @unchecked Sendable {
     private var sources: [any DispatchSourceSignal] = []
+    private var fired = false
+    private var continuation: CheckedContinuation<Void, Never>?
     private let lock = NSLock()
 
-    init(_ continuation: CheckedContinuation<Void, Never>) { self.continuation = continuation }
-
-    func keep(_ source: any DispatchSourceSignal) {
-        lock.withLock { sources.append(source) }
+    init() {
+        // The default action would end the process at once; the sources below still see them.
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let queue = DispatchQueue(label: "tessera.signals")
+        for sig in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+            source.setEventHandler { [weak self] in self?.fire() }
+            source.resume()
+            sources.append(source)
+        }
     }
 
-    func fire() {
+    /// Suspends until SIGTERM or SIGINT arrived (returns at once if one already did).
+    func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let resumeNow = lock.withLock { () -> Bool in
+                if fired { return true }
+                continuation = c
+                return false
+            }
+            if resumeNow { c.resume() }
+        }
+    }
+
+    private func fire() {
         let c = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+            fired = true
             defer { continuation = nil }
             return continuation
         }
