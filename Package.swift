@@ -30,20 +30,23 @@ let package = Package(
         .target(name: "Codecs", dependencies: ["CZstd", "CXXHash"]),
         .target(name: "CLinuxShims"),
         .target(name: "BlockIO", dependencies: ["CLinuxShims", systemPackage]),
-        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", logging]),
+        // The vocabulary and the wire the filter and the agent share (change IDs, the control
+        // protocol, its client): they are peers that talk over a socket.
+        .target(name: "TrackerControl", dependencies: ["Codecs", "BlockIO"]),
+        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl", logging]),
         .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
         .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", systemPackage, logging]),
-        .target(name: "Filter", dependencies: ["ChangeTracking", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
-        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "Filter", "ChangeTracking", "Codecs", logging]),
+        .target(name: "Filter", dependencies: ["ChangeTracking", "TrackerControl", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
+        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "TrackerControl", "Codecs", logging]),
         .executableTarget(name: "tessera", dependencies: [
-            "Codecs", "BlockIO", "ChangeTracking", "NBD", "Filter", "BackupRepository", "Agent",
+            "Codecs", "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent",
             argumentParser, logging,
         ]),
 
         // MARK: - Tools (never imported by Sources)
-        .executableTarget(name: "tessera-microbench", dependencies: ["ChangeTracking", "BackupRepository", "Codecs", "BlockIO", "NBD", logging],
+        .executableTarget(name: "tessera-microbench", dependencies: ["ChangeTracking", "TrackerControl", "BackupRepository", "Codecs", "BlockIO", "NBD", logging],
                           path: "Tools/microbench"),
-        .executableTarget(name: "tracker-torture", dependencies: ["ChangeTracking", "BlockIO"],
+        .executableTarget(name: "tracker-torture", dependencies: ["ChangeTracking", "TrackerControl", "BlockIO"],
                           path: "Tools/tracker-torture"),
         .executableTarget(name: "make-fixtures", dependencies: ["BackupRepository", "Codecs", "BlockIO"],
                           path: "Tools/make-fixtures"),
@@ -52,11 +55,12 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs"], path: "Tests/TestSupport"),
         .testTarget(name: "CodecsTests", dependencies: ["Codecs", "TestSupport"]),
         .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "TestSupport"]),
-        .testTarget(name: "ChangeTrackingTests", dependencies: ["ChangeTracking", "BlockIO", "TestSupport"]),
+        .testTarget(name: "TrackerControlTests", dependencies: ["TrackerControl", "TestSupport"]),
+        .testTarget(name: "ChangeTrackingTests", dependencies: ["ChangeTracking", "TrackerControl", "BlockIO", "TestSupport"]),
         .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockIO", "TestSupport", nioCore, nioPosix]),
         .testTarget(name: "BackupRepositoryTests", dependencies: ["BackupRepository", "Codecs", "BlockIO", "TestSupport"]),
-        .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "NBD", "BlockIO", "TestSupport"]),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "Filter", "BlockIO", "TestSupport"]),
+        .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport"]),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
     ]
 )

@@ -1,9 +1,8 @@
 import BackupRepository
 import BlockIO
-import ChangeTracking
-import Filter
 import Foundation
 import Synchronization
+import TrackerControl
 
 /// Where a backup learns what changed, in order of preference.
 public enum ChangeSourceKind: String, Sendable, Codable {

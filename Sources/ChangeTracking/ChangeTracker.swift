@@ -1,5 +1,6 @@
 import BlockIO
 import Synchronization
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif

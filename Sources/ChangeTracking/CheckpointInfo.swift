@@ -1,3 +1,5 @@
+import TrackerControl
+
 /// An open checkpoint: the change ID it closed and the committed change ID its
 /// `.checkpoint` view is relative to.
 public struct CheckpointInfo: Sendable, Codable, Hashable {

@@ -1,5 +1,6 @@
 import BlockIO
 import Codecs
+import TrackerControl
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -1,4 +1,5 @@
 import BlockIO
+import TrackerControl
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -1,3 +1,5 @@
+import TrackerControl
+
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else

@@ -1,7 +1,9 @@
+import BlockIO
 import Foundation
 import Logging
 import NBD
 import Synchronization
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -88,7 +90,7 @@ public final class ControlServer: Sendable {
         while true {
             let headerBytes: [UInt8]
             do {
-                guard let h = try UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return }
+                guard let h = try ControlSocket.readExactly(fd, ControlProtocol.headerSize) else { return }
                 headerBytes = h
             } catch {
                 logger.info("control endpoint: \(error)")
@@ -109,7 +111,7 @@ public final class ControlServer: Sendable {
             }
             let payload: [UInt8]
             do {
-                payload = try UnixSocket.readExactly(fd, Int(header.length)) ?? []
+                payload = try ControlSocket.readExactly(fd, Int(header.length)) ?? []
                 if payload.count != Int(header.length) { return }
             } catch {
                 logger.info("control endpoint: \(error)")
@@ -123,7 +125,7 @@ public final class ControlServer: Sendable {
             do {
                 let body = try handler(request, payload)
                 let out = ControlProtocol.Header(magic: ControlProtocol.responseMagic, number: 0, id: header.id, length: UInt32(body.count))
-                try UnixSocket.writeAll(fd, out.bytes + body)
+                try ControlSocket.writeAll(fd, out.bytes + body)
             } catch let error as FilterError {
                 reply(fd, id: header.id, error: error)
             } catch {
@@ -136,6 +138,6 @@ public final class ControlServer: Sendable {
         let body = ControlProtocol.encode(ControlProtocol.ErrorReply(error: error.message, code: error.code.rawValue))
         let header = ControlProtocol.Header(magic: ControlProtocol.responseMagic,
                                             number: ControlProtocol.statusNumber(error.code), id: id, length: UInt32(body.count))
-        try? UnixSocket.writeAll(fd, header.bytes + body)
+        try? ControlSocket.writeAll(fd, header.bytes + body)
     }
 }

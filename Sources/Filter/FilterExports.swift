@@ -2,6 +2,7 @@ import BlockIO
 import ChangeTracking
 import NBD
 import Synchronization
+import TrackerControl
 
 /// The NBD exports of the filter, as libvirt's pull-mode backup shows them:
 /// - `NAME`: the live disk, writable, with `base:allocation` and `qemu:dirty-bitmap:active`

@@ -3,6 +3,7 @@ import ChangeTracking
 import Foundation
 import Logging
 import Synchronization
+import TrackerControl
 
 /// The filter: the set of attached disks and the requests of the control endpoint.
 ///

@@ -2,6 +2,7 @@ import BlockIO
 import ChangeTracking
 import Foundation
 import Synchronization
+import TrackerControl
 
 /// Checkpoints: the epoch switch and the overlay that keeps the base still, and the release
 /// that merges the overlay back.

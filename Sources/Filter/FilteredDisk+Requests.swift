@@ -1,6 +1,7 @@
 import BlockIO
 import ChangeTracking
 import Synchronization
+import TrackerControl
 
 /// The request adapter: what the NBD exports call. Every change is marked in the tracker
 /// before the block store takes it, with the request's blocks held (see `BlockRangeLock`).

@@ -2,6 +2,7 @@ import BlockIO
 import ChangeTracking
 import Foundation
 import Synchronization
+import TrackerControl
 
 /// One disk attached to the filter: its flat file(s), its change tracker and, while a
 /// checkpoint is open, its overlay.
@@ -279,35 +280,4 @@ public final class FilteredDisk: Sendable {
         // Closed: another filter (or an attach) may take the state and the files now.
         fileLocks.withLock { $0.removeAll() }
     }
-}
-
-/// What STATUS reports for one disk (the control endpoint's JSON and `tessera filter status`).
-public struct DiskStatus: Codable, Sendable, Equatable {
-    public var name: String
-    public var path: String
-    public var files: [String]
-    public var size: UInt64
-    public var granularity: UInt64
-    public var generation: String
-    public var changeID: String
-    public var lastCommitted: String?
-    public var checkpoint: CheckpointStatus?
-    public var overlayBytes: UInt64
-    public var overlayBlocks: Int
-    public var merging: Bool
-    public var notes: [String]
-}
-
-public struct CheckpointStatus: Codable, Sendable, Equatable {
-    public var changeID: String
-    public var previous: String?
-    public var createdAt: Double
-    public var ageSeconds: Double
-    public var owner: CheckpointOwner?
-    /// Connections reading `NAME@checkpoint` now.
-    public var readers: Int?
-    /// Why no one can be using this checkpoint any more (its owner is gone, its lease ran
-    /// out and no reader is connected); nil while it may be in use. A backup releases a
-    /// stale checkpoint with abort (nothing is lost) and takes its own.
-    public var stale: String?
 }

@@ -1,6 +1,7 @@
 import BlockIO
 import Codecs
 import Synchronization
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,3 +1,4 @@
+import BlockIO
 import Logging
 import NIOCore
 import NIOPosix

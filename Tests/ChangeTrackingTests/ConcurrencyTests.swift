@@ -4,6 +4,7 @@ import Foundation
 import Synchronization
 import TestSupport
 import Testing
+import TrackerControl
 
 /// Many threads marking while checkpoints come and go: every mark lands wholly before or
 /// after each checkpoint, so none falls between views.

@@ -3,6 +3,7 @@ import ChangeTracking
 import Foundation
 import TestSupport
 import Testing
+import TrackerControl
 
 /// Damaged state files and logs: a new generation (old change IDs need a full read), or for a
 /// torn tail log record a replay that still covers everything before it. Never a quiet loss.

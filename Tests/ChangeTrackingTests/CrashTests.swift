@@ -3,6 +3,7 @@ import ChangeTracking
 import Foundation
 import TestSupport
 import Testing
+import TrackerControl
 
 /// Hard kills: `tracker-torture` marks a seeded stream and prints each completed mark; we
 /// SIGKILL it at random instants and check that reopening yields every printed mark.

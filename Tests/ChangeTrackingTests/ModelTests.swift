@@ -3,6 +3,7 @@ import ChangeTracking
 import Foundation
 import TestSupport
 import Testing
+import TrackerControl
 
 /// Seeded random marks, checkpoints, releases and queries against `TrackerModel`.
 struct ModelTests {

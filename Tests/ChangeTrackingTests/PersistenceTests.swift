@@ -1,5 +1,6 @@
 import BlockIO
 import ChangeTracking
+import TrackerControl
 import Foundation
 import TestSupport
 import Testing

@@ -2,6 +2,7 @@ import BlockIO
 import ChangeTracking
 import Foundation
 import Testing
+import TrackerControl
 
 /// Small state directories: tiny log rings keep the tests fast and exercise ring-full saves.
 let smallConfiguration = TrackerConfiguration(granularity: 65536, activityLogExtentSize: 1 << 20, activityLogSlots: 64)

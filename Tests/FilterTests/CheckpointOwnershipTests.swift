@@ -5,6 +5,7 @@ import Foundation
 import NBD
 import Testing
 import TestSupport
+import TrackerControl
 
 /// Trust item 6: pull-mode readers (`NAME@checkpoint`) and who holds a checkpoint.
 ///

@@ -4,6 +4,7 @@ import Filter
 import Foundation
 import Testing
 import TestSupport
+import TrackerControl
 
 /// Promise 3: during a checkpoint the base flat file stays still, the live export shows the
 /// new data and `NAME@checkpoint` the old; release (commit or abort) merges everything back

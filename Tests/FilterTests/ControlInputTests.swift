@@ -4,6 +4,7 @@ import Foundation
 import NBD
 import Testing
 import TestSupport
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,22 +22,22 @@ struct ControlInputTests {
     /// Sends `bytes` on a fresh connection, closes the sending side, and reads every reply
     /// until the filter closes the connection.
     func exchange(_ path: String, _ bytes: [UInt8]) throws -> [RawReply] {
-        let fd = try UnixSocket.connect(path: path)
+        let fd = try ControlSocket.connect(path: path)
         defer { close(fd) }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        if !bytes.isEmpty { try UnixSocket.writeAll(fd, bytes) }
+        if !bytes.isEmpty { try ControlSocket.writeAll(fd, bytes) }
         shutdown(fd, Int32(SHUT_WR))
         var replies: [RawReply] = []
         while true {
             // A close with our unread bytes still queued on the filter's side shows up here as
             // ECONNRESET instead of an end of stream: both are "the filter closed".
-            guard let h = try? UnixSocket.readExactly(fd, ControlProtocol.headerSize) else { return replies }
+            guard let h = try? ControlSocket.readExactly(fd, ControlProtocol.headerSize) else { return replies }
             let header = try ControlProtocol.Header(parsing: h)
             guard header.magic == ControlProtocol.responseMagic, header.length <= ControlProtocol.maxResponsePayload else {
                 throw HarnessFailure(description: "a reply without the response magic: \(header)")
             }
-            let body = try UnixSocket.readExactly(fd, Int(header.length)) ?? []
+            let body = try ControlSocket.readExactly(fd, Int(header.length)) ?? []
             replies.append(RawReply(header: header, body: body))
         }
     }

@@ -1,5 +1,6 @@
 import BlockIO
 import Filter
+import TrackerControl
 import Foundation
 import NBD
 import Testing

@@ -4,6 +4,7 @@ import Filter
 import Foundation
 import Testing
 import TestSupport
+import TrackerControl
 
 /// The test's own oracle: the bytes the disk must hold and the log of every byte range
 /// written (data, trim or write-zeroes) since some point.

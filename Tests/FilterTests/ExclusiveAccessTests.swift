@@ -6,6 +6,7 @@ import Logging
 import Synchronization
 import Testing
 import TestSupport
+import TrackerControl
 
 /// Trust items 2 and 3: one filter, and one attachment, per state directory and per disk
 /// file. A second filter on the same state directory used to replay the log, merge the

@@ -5,6 +5,7 @@ import Foundation
 import Synchronization
 import Testing
 import TestSupport
+import TrackerControl
 
 /// Trust items 7-11: a step that fails or is interrupted leaves the disk in a state the next
 /// step can use, and FUA means durable for every file a request touched.

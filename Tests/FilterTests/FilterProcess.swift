@@ -1,6 +1,7 @@
 import Filter
 import Foundation
 import TestSupport
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import Filter
+import TrackerControl
 import Foundation
 import Testing
 import TestSupport

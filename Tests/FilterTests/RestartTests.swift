@@ -3,6 +3,7 @@ import Filter
 import Foundation
 import Testing
 import TestSupport
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif

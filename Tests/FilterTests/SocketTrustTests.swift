@@ -2,6 +2,7 @@ import Filter
 import Foundation
 import Testing
 import TestSupport
+import TrackerControl
 #if canImport(Glibc)
 import Glibc
 #endif

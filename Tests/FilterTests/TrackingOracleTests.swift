@@ -3,6 +3,7 @@ import Filter
 import Foundation
 import Testing
 import TestSupport
+import TrackerControl
 
 /// Promise 2: the dirty bitmaps the filter exports and the changes it answers equal the
 /// blocks of the test's own write log (64 KiB rounding, nothing more, nothing less).

@@ -1,6 +1,7 @@
 import BlockIO
 import ChangeTracking
 import Filter
+import TrackerControl
 import Foundation
 import Synchronization
 import Testing

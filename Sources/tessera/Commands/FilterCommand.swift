@@ -2,6 +2,7 @@ import ArgumentParser
 import ChangeTracking
 import Filter
 import Foundation
+import TrackerControl
 
 struct FilterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -26,18 +26,18 @@ public struct ChangeID: Hashable, Sendable, Codable, LosslessStringConvertible {
         self = parsed
     }
 
-    /// Parses `UUID/SEQ`, throwing `TrackerError.invalidArgument` that says what is wrong.
+    /// Parses `UUID/SEQ`, throwing `FilterError.invalidArgument` that says what is wrong.
     public init(parsing text: String) throws {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 2 else {
-            throw TrackerError(.invalidArgument, "change ID '\(text)' is malformed: expected UUID/SEQ, e.g. 3F2504E0-4F89-41D3-9A0C-0305E82C3301/7")
+            throw FilterError(.invalidArgument, "change ID '\(text)' is malformed: expected UUID/SEQ, e.g. 3F2504E0-4F89-41D3-9A0C-0305E82C3301/7")
         }
         guard parts[0].utf8.count == 36, let uuid = UUID(uuidString: String(parts[0])) else {
-            throw TrackerError(.invalidArgument, "change ID '\(text)' is malformed: '\(parts[0])' is not a UUID (36 characters, 8-4-4-4-12 hex digits)")
+            throw FilterError(.invalidArgument, "change ID '\(text)' is malformed: '\(parts[0])' is not a UUID (36 characters, 8-4-4-4-12 hex digits)")
         }
         let digits = parts[1]
         guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let sequence = UInt64(digits) else {
-            throw TrackerError(.invalidArgument, "change ID '\(text)' is malformed: '\(digits)' is not a decimal sequence number (0...\(UInt64.max))")
+            throw FilterError(.invalidArgument, "change ID '\(text)' is malformed: '\(digits)' is not a decimal sequence number (0...\(UInt64.max))")
         }
         self.init(generation: uuid, sequence: sequence)
     }

@@ -119,6 +119,7 @@ public enum ControlProtocol {
     public struct StatusReply: Codable, Sendable {
         public var protocolVersion: Int
         public var disks: [DiskStatus]
+        public init(protocolVersion: Int, disks: [DiskStatus]) { self.protocolVersion = protocolVersion; self.disks = disks }
     }
 
     public struct CheckpointReply: Codable, Sendable {
@@ -131,6 +132,12 @@ public enum ControlProtocol {
         public var files: [String]
         public var size: UInt64
         public var granularity: UInt64
+
+        public init(disk: String, changeID: String, previous: String?, createdAt: Double, path: String, files: [String],
+                    size: UInt64, granularity: UInt64) {
+            self.disk = disk; self.changeID = changeID; self.previous = previous; self.createdAt = createdAt
+            self.path = path; self.files = files; self.size = size; self.granularity = granularity
+        }
     }
 
     public struct QueryChangesRequest: Codable, Sendable {
@@ -159,6 +166,11 @@ public enum ControlProtocol {
         public var processedOffset: UInt64
         public var processedLength: UInt64
         public var size: UInt64
+
+        public init(disk: String, since: String, extents: [Extent], processedOffset: UInt64, processedLength: UInt64, size: UInt64) {
+            self.disk = disk; self.since = since; self.extents = extents
+            self.processedOffset = processedOffset; self.processedLength = processedLength; self.size = size
+        }
     }
 
     public struct ReleaseRequest: Codable, Sendable {
@@ -176,19 +188,20 @@ public enum ControlProtocol {
     public struct ErrorReply: Codable, Sendable {
         public var error: String
         public var code: String
+        public init(error: String, code: String) { self.error = error; self.code = code }
     }
 
     public struct Empty: Codable, Sendable {
         public init() {}
     }
 
-    static func encode(_ value: some Encodable) -> [UInt8] {
+    package static func encode(_ value: some Encodable) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return Array((try? encoder.encode(value)) ?? Data("{}".utf8))
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], request: Request) throws -> T {
+    package static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8], request: Request) throws -> T {
         do {
             return try JSONDecoder().decode(T.self, from: Data(bytes))
         } catch {

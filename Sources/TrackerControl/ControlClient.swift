@@ -11,7 +11,7 @@ public final class ControlClient {
 
     public init(path: String) throws {
         self.path = path
-        fd = try UnixSocket.connect(path: path)
+        fd = try ControlSocket.connect(path: path)
     }
 
     deinit { close(fd) }
@@ -22,15 +22,15 @@ public final class ControlClient {
         nextID &+= 1
         let header = ControlProtocol.Header(magic: ControlProtocol.requestMagic, number: request.rawValue,
                                             id: id, length: UInt32(payload.count))
-        try UnixSocket.writeAll(fd, header.bytes + payload)
-        guard let replyHeaderBytes = try UnixSocket.readExactly(fd, ControlProtocol.headerSize) else {
+        try ControlSocket.writeAll(fd, header.bytes + payload)
+        guard let replyHeaderBytes = try ControlSocket.readExactly(fd, ControlProtocol.headerSize) else {
             throw FilterError(.unreachable, "the filter at \(path) closed the connection without replying")
         }
         let reply = try ControlProtocol.Header(parsing: replyHeaderBytes)
         guard reply.magic == ControlProtocol.responseMagic, reply.length <= ControlProtocol.maxResponsePayload else {
             throw FilterError(.badRequest, "\(path) did not answer in the Tessera control protocol; is it a control socket?")
         }
-        let body = try UnixSocket.readExactly(fd, Int(reply.length)) ?? []
+        let body = try ControlSocket.readExactly(fd, Int(reply.length)) ?? []
         if reply.number != 0 {
             let err = try? JSONDecoder().decode(ControlProtocol.ErrorReply.self, from: Data(body))
             throw FilterError(ControlProtocol.code(forStatus: reply.number), err?.error ?? "request failed with status \(reply.number)")
