@@ -29,17 +29,19 @@ let package = Package(
         // MARK: - Layers, lowest first
         .target(name: "Codecs", dependencies: ["CZstd", "CXXHash"]),
         .target(name: "CLinuxShims"),
+        // One way to run blocking work in parallel, cancellable (SIGINT/SIGTERM): every job uses it.
+        .target(name: "Workers"),
         .target(name: "BlockIO", dependencies: ["CLinuxShims", systemPackage]),
         // The vocabulary and the wire the filter and the agent share (change IDs, the control
         // protocol, its client): they are peers that talk over a socket.
         .target(name: "TrackerControl", dependencies: ["Codecs", "BlockIO"]),
         .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl", logging]),
         .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
-        .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", systemPackage, logging]),
+        .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", "Workers", systemPackage, logging]),
         .target(name: "Filter", dependencies: ["ChangeTracking", "TrackerControl", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
-        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "TrackerControl", "Codecs", logging]),
+        .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "TrackerControl", "Codecs", "Workers", logging]),
         .executableTarget(name: "tessera", dependencies: [
-            "Codecs", "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent",
+            "Codecs", "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent", "Workers",
             argumentParser, logging,
         ]),
 
@@ -54,6 +56,7 @@ let package = Package(
         // MARK: - Tests
         .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs"], path: "Tests/TestSupport"),
         .testTarget(name: "CodecsTests", dependencies: ["Codecs", "TestSupport"]),
+        .testTarget(name: "WorkersTests", dependencies: ["Workers"]),
         .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "TestSupport"]),
         .testTarget(name: "TrackerControlTests", dependencies: ["TrackerControl", "TestSupport"]),
         .testTarget(name: "ChangeTrackingTests", dependencies: ["ChangeTracking", "TrackerControl", "BlockIO", "TestSupport"]),
