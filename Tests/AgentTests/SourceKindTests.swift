@@ -45,6 +45,33 @@ struct SourceKindTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: restored)) == Data(contentsOf: URL(fileURLWithPath: reference)))
     }
 
+    /// `--bitmap NAME` that the server does not offer is an error that says what the server
+    /// did negotiate and how to list its bitmaps, never a quiet full read.
+    @Test(.enabled(if: ExternalTool.available("qemu-img", "qemu-nbd")))
+    func aBitmapTheServerDoesNotOfferIsAnError() throws {
+        let dir = try TemporaryDirectory("qemubitmap-missing")
+        let qcow = dir.file("vm.qcow2"), repo = dir.file("repo"), sock = dir.file("q.sock")
+        try runCommand("qemu-img", ["create", "-q", "-f", "qcow2", qcow, "8M"])
+        try runCommand("qemu-img", ["bitmap", "--add", qcow, "b0"])
+        try Tessera.ok(["init", "--repo", repo])
+        let nbd = Process()
+        nbd.executableURL = URL(fileURLWithPath: ExternalTool.path("qemu-nbd") ?? "/usr/bin/qemu-nbd")
+        nbd.arguments = ["-r", "-f", "qcow2", "-k", sock, "-t", "-B", "b0", qcow]
+        try nbd.run()
+        defer { kill(nbd.processIdentifier, SIGKILL); nbd.waitUntilExit() }
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: sock) { usleep(50_000) }
+        let uri = "nbd+unix:///?socket=\(sock)"
+        let r = try Tessera.run(["backup", "--repo", repo, "--disk", "vm", "--nbd", uri, "--bitmap", "nosuch"])
+        #expect(r.status == 1, "a missing bitmap must fail the backup, not read everything: \(r.stdout) \(r.stderr)")
+        for fragment in ["qemu:dirty-bitmap:nosuch", "base:allocation", "nbdinfo", "--full"] {
+            #expect(r.stderr.contains(fragment), "the error does not mention \(fragment): \(r.stderr)")
+        }
+        #expect(try Tessera.snapshotIDs(repo: repo).isEmpty)
+        // The bitmap it does offer works, and --full reads everything whatever the bitmap.
+        try Tessera.ok(["backup", "--repo", repo, "--disk", "vm", "--nbd", uri, "--bitmap", "b0"])
+        try Tessera.ok(["backup", "--repo", repo, "--disk", "vm", "--nbd", uri, "--bitmap", "nosuch", "--full"])
+    }
+
     @Test func fullScanSkipsHolesAndStoresOnlyNewChunks() throws {
         let dir = try TemporaryDirectory("scan")
         let path = dir.file("disk.raw"), repo = dir.file("repo")

@@ -1,6 +1,8 @@
 @testable import BackupRepository
+import BlockIO
 import Codecs
 import Foundation
+import Synchronization
 import Testing
 import TestSupport
 
@@ -100,6 +102,25 @@ struct PruneTests {
         #expect(records.count == 8)
     }
 
+    /// On a full disk only deleting makes room, so prune deletes the wholly unreferenced
+    /// packs before it writes any new pack; and the crash-safety order stays: a pack is
+    /// deleted only when no index file names it any more, durably.
+    @Test func pruneDeletesUnreferencedPacksBeforeRepackingAndNeverAheadOfTheIndex() throws {
+        let dir = try TemporaryDirectory("prune-order")
+        _ = try Self.makeRepository(at: dir.path)
+        _ = try Retention.forget(RetentionPolicy(keepLast: 3), in: try Repository.open(at: dir.path))
+        let store = OrderCheckingStore(base: LocalObjectStore(root: dir.path))
+        let report = try Pruner.prune(try Repository.open(store: store))
+        try #require(report.packsDeleted > 0 && report.packsRepacked > 0, "this repository must need both: \(report)")
+        #expect(store.violations.isEmpty, "\(store.violations)")
+        let events = store.events
+        let firstNewPack = try #require(events.firstIndex(of: "begin pack"), "no pack was written: \(events)")
+        #expect(events[..<firstNewPack].filter { $0.hasPrefix("delete pack") }.count == report.packsDeleted,
+                "wholly unreferenced packs must be gone before repacking starts: \(events)")
+        #expect(try verifyAllSnapshots(at: dir.path) == 3)
+        #expect(try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all)).isClean)
+    }
+
     @Test func pruneRefusesWhenItCannotTellWhatIsLive() throws {
         let dir = try TemporaryDirectory("prune")
         _ = try Self.makeRepository(at: dir.path)
@@ -145,4 +166,68 @@ struct PruneTests {
         try shared.release()
         try repo.lock(.exclusive, wait: 1).release()
     }
+}
+
+/// A store that records a prune's operations and checks, at every pack deletion, that no
+/// index file names the pack and that index deletions were made durable first.
+final class OrderCheckingStore: ObjectStore {
+    let base: LocalObjectStore
+    private let log = Mutex<[String]>([])
+    private let problems = Mutex<[String]>([])
+    private let unsyncedIndexChanges = Mutex<Bool>(false)
+
+    init(base: LocalObjectStore) { self.base = base }
+
+    var events: [String] { log.withLock { $0 } }
+    var violations: [String] { problems.withLock { $0 } }
+
+    private func checkPackMayGo(_ key: ObjectKey) throws {
+        guard key.kind == .pack else { return }
+        for index in try base.list(.index) {
+            let entries = try IndexFile.decode(try base.get(index), name: index.name)
+            if entries.contains(where: { $0.pack.hex == key.name }) {
+                problems.withLock { $0.append("pack \(key.name) deleted while index file \(index.name) names it") }
+            }
+        }
+        if unsyncedIndexChanges.withLock({ $0 }) {
+            problems.withLock { $0.append("pack \(key.name) deleted before the index changes were durable") }
+        }
+    }
+
+    func put(_ key: ObjectKey, _ bytes: [UInt8], syncNow: Bool) throws {
+        log.withLock { $0.append("put \(key.kind.rawValue) \(key.name)") }
+        try base.put(key, bytes, syncNow: syncNow)
+        if key.kind == .index && !syncNow { unsyncedIndexChanges.withLock { $0 = true } }
+    }
+
+    func syncPendingDirectories() throws {
+        try base.syncPendingDirectories()
+        unsyncedIndexChanges.withLock { $0 = false }
+    }
+
+    func delete(_ key: ObjectKey) throws {
+        try checkPackMayGo(key)
+        log.withLock { $0.append("delete \(key.kind.rawValue) \(key.name)") }
+        try base.delete(key)
+        if key.kind == .index { unsyncedIndexChanges.withLock { $0 = true } }
+    }
+
+    func quarantine(_ key: ObjectKey) throws -> String {
+        try checkPackMayGo(key)
+        log.withLock { $0.append("quarantine \(key.kind.rawValue) \(key.name)") }
+        return try base.quarantine(key)
+    }
+
+    func beginObject(_ kind: ObjectKind) throws -> any ObjectStream {
+        log.withLock { $0.append("begin \(kind.rawValue)") }
+        return try base.beginObject(kind)
+    }
+
+    func get(_ key: ObjectKey) throws -> [UInt8] { try base.get(key) }
+    func get(_ key: ObjectKey, range: ByteRange) throws -> [UInt8] { try base.get(key, range: range) }
+    func size(_ key: ObjectKey) throws -> UInt64 { try base.size(key) }
+    func exists(_ key: ObjectKey) -> Bool { base.exists(key) }
+    func list(_ kind: ObjectKind, prefix: String) throws -> [ObjectKey] { try base.list(kind, prefix: prefix) }
+    func leftovers() throws -> [String] { try base.leftovers() }
+    func removeLeftover(_ name: String) throws { try base.removeLeftover(name) }
 }

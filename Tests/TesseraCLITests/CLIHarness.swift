@@ -44,3 +44,34 @@ func damageChunk(_ index: Int, of disk: Data, in repo: String) throws -> String 
     }
     throw CommandError(description: "chunk \(index) was not found stored raw in any pack")
 }
+
+/// A file of `mebibytes` MiB of random bytes (from /dev/urandom: fast, and incompressible,
+/// so a backup or restore of it takes long enough to be interrupted on purpose).
+func makeRandomFile(at path: String, mebibytes: Int) throws {
+    let r = try runCommand("/bin/sh", ["-c", "head -c \(mebibytes)M /dev/urandom > '\(path)'"])
+    guard r.succeeded else { throw CommandError(description: "cannot write \(path): \(r.stderr)") }
+}
+
+/// Names in a directory, sorted ("." and ".." left out).
+func names(in directory: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
+}
+
+/// Lock files and temp files (`.tmp-`) anywhere in a repository: what a command that ended
+/// must not leave behind.
+func locksAndTempFiles(_ repo: String) -> [String] {
+    let e = FileManager.default.enumerator(atPath: repo)
+    var out: [String] = []
+    while let p = e?.nextObject() as? String {
+        if p.hasPrefix("locks/") && p.hasSuffix(".lock") || p.contains(".tmp-") { out.append(p) }
+    }
+    return out.sorted()
+}
+
+/// True when a progress line (`--json`) shows bytes done: the command is working.
+func isWorkingProgressLine(_ line: String) -> Bool {
+    guard line.contains("\"type\":\"progress\""),
+          let json = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+          let done = json["bytes_done"] as? Int else { return false }
+    return done > 0
+}

@@ -54,6 +54,78 @@ struct PruneCLITests {
         try Self.verify(repo: repo, expected: expected, scratch: dir.path)
     }
 
+    /// The dry run predicts the run: same packs deleted and rewritten, same bytes freed.
+    @Test func pruneDryRunPredictsWhatTheRunDoes() throws {
+        let dir = try TemporaryDirectory("cli-prune-dry")
+        let repo = dir.file("repo")
+        let expected = try Self.nightly(repo: repo, source: dir.file("disk.raw"), nights: 8, seed: 96)
+        try Tessera.ok(["forget", "--repo", repo, "--keep-last", "2"])
+        let plan = try Tessera.summary(try Tessera.ok(["prune", "--repo", repo, "--dry-run", "--json"]))
+        let done = try Tessera.summary(try Tessera.ok(["prune", "--repo", repo, "--json"]))
+        try #require((done["packs_repacked"] as? Int ?? 0) > 0 && (done["packs_deleted"] as? Int ?? 0) > 0,
+                     "the repository must need both deleting and repacking for this test: \(done)")
+        for key in ["packs_deleted", "packs_repacked", "packs_written", "chunks_moved", "index_files_deleted", "index_files_written",
+                    "disk_maps_deleted", "map_pages_deleted", "bytes_before", "bytes_after", "bytes_freed"] {
+            #expect(plan[key] as? Int == done[key] as? Int, "\(key): the dry run said \(plan[key] ?? "nothing"), the run did \(done[key] ?? "nothing")")
+        }
+        #expect((plan["bytes_freed"] as? Int ?? 0) > 0)
+        try Self.verify(repo: repo, expected: expected, scratch: dir.path)
+    }
+
+    /// A repository on a file system filled to the brim by its backups: after forget,
+    /// prune deletes what is wholly unreferenced first (durably out of the index), then
+    /// repacks in the room that made, and frees space.
+    @Test func pruneOnAFullFileSystemDeletesBeforeItRepacks() throws {
+        let dir = try TemporaryDirectory("cli-prune-full")
+        let mount = dir.file("fs")
+        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
+        let mounted = try runCommand("mount", ["-t", "tmpfs", "-o", "size=16m", "tmpfs", mount])
+        try #require(mounted.succeeded, "cannot mount a tmpfs (needs root): \(mounted.stderr)")
+        defer { _ = try? runCommand("umount", [mount]) }
+        let repo = "\(mount)/repo", source = dir.file("disk.raw")
+        try Tessera.ok(["init", "--repo", repo])
+        // Chunks 0-7 never change (their first pack stays partly live: a repack); chunks
+        // 8-31 are rewritten every night (those packs become wholly garbage).
+        var disk = try makeDisk(at: source, chunks: 32, seed: 97)
+        var g = SeededGenerator(seed: 98)
+        var expected: [String: Data] = [:]
+        var full = false
+        for _ in 0..<40 {
+            for c in 8..<32 where c % 4 != 3 { disk.replaceSubrange(c * 65536..<(c + 1) * 65536, with: Data(g.bytes(65536))) }
+            try disk.write(to: URL(fileURLWithPath: source))
+            let r = try Tessera.run(["backup", "--repo", repo, "--disk", "d", "--source", source, "--json"])
+            if r.status != 0 {
+                #expect(r.stderr.lowercased().contains("no space"), "\(r.stderr)")
+                full = true
+                break
+            }
+            expected[try #require(try Tessera.summary(r)["snapshot"] as? String)] = disk
+        }
+        try #require(full && expected.count >= 3, "the file system never filled up")
+        // To the brim: only room for lock files is left, none for a repacked pack.
+        let filler = FileManager.default.createFile(atPath: "\(mount)/filler", contents: nil)
+        try #require(filler)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(mount)/filler"))
+        let block = Data(repeating: 0xff, count: 4096)
+        while (try? handle.write(contentsOf: block)) != nil {}
+        try handle.truncate(atOffset: max(0, try handle.offset() - 64 * 1024))
+        try handle.close()
+        func free() -> UInt64 {
+            var s = statvfs()
+            return statvfs(mount, &s) == 0 ? UInt64(s.f_bavail) * UInt64(s.f_frsize) : 0
+        }
+        let freeBefore = free()
+        #expect(freeBefore < 256 * 1024)
+
+        try Tessera.ok(["forget", "--repo", repo, "--keep-last", "1"])
+        let pruned = try Tessera.run(["prune", "--repo", repo, "--json"])
+        #expect(pruned.status == 0, "prune on a full file system: \(pruned.stdout) \(pruned.stderr)")
+        let report = try Tessera.summary(pruned)
+        #expect((report["packs_repacked"] as? Int ?? 0) > 0 && (report["bytes_freed"] as? Int ?? 0) > 0, "\(report)")
+        #expect(free() > freeBefore + 1024 * 1024, "prune freed no space")
+        try Self.verify(repo: repo, expected: expected, scratch: dir.path)
+    }
+
     /// Prune SIGKILLed at seeded random instants, then run again: every remaining snapshot
     /// restores and check is clean.
     @Test func pruneKilledAtRandomInstantsThenRerunLosesNothing() throws {
