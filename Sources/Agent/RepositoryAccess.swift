@@ -5,8 +5,8 @@ import Synchronization
 
 /// The agent's uses of the repository, with repository errors turned into agent errors
 /// that carry the CLI's exit-code categories (no repository, locked).
-enum RepositoryAccess {
-    static func open(_ path: String) throws -> Repository {
+public enum RepositoryAccess {
+    public static func open(_ path: String) throws -> Repository {
         do {
             return try Repository.open(at: path)
         } catch let e as RepositoryError {
@@ -19,7 +19,7 @@ enum RepositoryAccess {
         }
     }
 
-    static func lock(_ repository: Repository, _ kind: LockKind) throws -> Releasable {
+    public static func lock(_ repository: Repository, _ kind: LockKind) throws -> Releasable {
         do {
             return Releasable(try repository.lock(kind))
         } catch let e as RepositoryError where e.code == .locked {
@@ -29,7 +29,7 @@ enum RepositoryAccess {
 
     /// A held lock, refreshed in the background so a long backup's lock never looks stale,
     /// and released once (a lock left behind by a crash is detectably stale).
-    final class Releasable: Sendable {
+    public final class Releasable: Sendable {
         let lock: RepositoryLock
         private let stopped = Atomic<Bool>(false)
 
@@ -49,7 +49,7 @@ enum RepositoryAccess {
             }.start()
         }
 
-        func release() {
+        public func release() {
             guard !stopped.exchange(true, ordering: .relaxed) else { return }
             try? lock.release()
         }
@@ -112,7 +112,7 @@ enum RepositoryAccess {
     }
 
     /// A snapshot by id, unique prefix, or `latest` (newest of `disk`, or of the only disk).
-    static func resolve(_ repository: Repository, _ spec: String, disk: String?) throws -> SnapshotRecord {
+    public static func resolve(_ repository: Repository, _ spec: String, disk: String?) throws -> SnapshotRecord {
         do {
             if spec == "latest" {
                 let all = try repository.snapshots()
@@ -135,7 +135,7 @@ enum RepositoryAccess {
         }
     }
 
-    static func readMap(_ repository: Repository, _ record: SnapshotRecord) throws -> DiskMap {
+    public static func readMap(_ repository: Repository, _ record: SnapshotRecord) throws -> DiskMap {
         do {
             return try repository.readDiskMap(record.diskMap)
         } catch let e as RepositoryError {

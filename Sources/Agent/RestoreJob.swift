@@ -3,31 +3,18 @@ import BlockIO
 import Codecs
 import Foundation
 import Synchronization
+import Workers
 
 public enum RestoreFormat: String, Sendable, CaseIterable {
     case raw, vmdk
 }
 
-public struct RestoreOptions: Sendable {
-    public var repositoryPath: String
-    /// A snapshot id, a unique prefix of one, or `latest` (with `disk`).
-    public var snapshot: String
-    public var disk: String?
-    public var target: String
-    public var format: RestoreFormat = .raw
-    /// Write only the chunks that differ from what the existing target holds.
-    public var onlyChanged = false
-    /// Overwrite an existing non-empty target.
-    public var force = false
-    /// Go on past damaged chunks (their ranges are listed) instead of stopping.
+public struct RestoreSettings: Sendable {
+    /// Go on past damaged chunks (their ranges are listed and read as zeroes) instead of stopping.
     public var keepGoing = false
     public var workers = ProcessInfo.processInfo.activeProcessorCount
 
-    public init(repositoryPath: String, snapshot: String, target: String) {
-        self.repositoryPath = repositoryPath
-        self.snapshot = snapshot
-        self.target = target
-    }
+    public init() {}
 }
 
 public struct DamagedRange: Codable, Sendable, Equatable {
@@ -58,199 +45,173 @@ public struct RestoreSummary: Codable, Sendable {
     }
 }
 
-/// Restores one snapshot in one pass over its disk map: chunks fetched, decompressed and
-/// re-hashed in parallel, zero chunks left as holes, fsync before success.
-public struct RestoreJob: Sendable {
-    public let options: RestoreOptions
-    /// Chunks per unit of work: read from the packs together and written with as few
-    /// writes as possible (2 MiB of disk at 64 KiB chunks, per worker).
-    static let batch = 32
+/// What a restore does, from the disk map alone: which chunks are fetched and which are
+/// holes, in batches of neighbouring chunks (read from the packs together, written with as
+/// few writes as possible). Pure, so it is tested without files.
+public struct RestorePlan: Sendable, Equatable {
+    public let diskSize: UInt64
+    public let chunkSize: UInt64
+    /// Per chunk: the chunk to fetch, or nil for an all-zero chunk (a hole).
+    public let chunks: [ChunkID?]
+    public let batchSize: Int
 
-    public init(options: RestoreOptions) { self.options = options }
+    /// 2 MiB of disk per unit of work at 64 KiB chunks.
+    public static let defaultBatchSize = 32
 
-    public func run(log: @escaping @Sendable (String) -> Void = { _ in },
-                    progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> RestoreSummary {
-        let started = Date()
-        HeapTuning.applyOnce()
-        let repository = try RepositoryAccess.open(options.repositoryPath)
-        let lock = try RepositoryAccess.lock(repository, .shared)
-        defer { lock.release() }
-        let record = try RepositoryAccess.resolve(repository, options.snapshot, disk: options.disk)
-        let map = try RepositoryAccess.readMap(repository, record)
-        let size = record.diskSize
-        let chunkSize = UInt64(record.chunkSize)
-        let target = try openTarget(size: size)
-
-        let chunkCount = RepositoryAccess.count(map)
-        let next = Atomic<Int>(0)
-        let written = Atomic<Int>(0), zero = Atomic<Int>(0), unchanged = Atomic<Int>(0)
-        let bytesWritten = Atomic<UInt64>(0)
-        let damaged = Mutex<[DamagedRange]>([])
-        let failure = Mutex<(any Error)?>(nil)
-        let group = DispatchGroup()
-        let fresh = !options.onlyChanged
-        let slot = Int(chunkSize)
-        for _ in 0..<max(1, options.workers) {
-            group.enter()
-            Thread {
-                defer { group.leave() }
-                var buffer = [UInt8](repeating: 0, count: Self.batch * slot)
-                var existing = [UInt8](repeating: 0, count: fresh ? 0 : slot)
-                while failure.withLock({ $0 == nil }) {
-                    let first = next.add(Self.batch, ordering: .relaxed).oldValue
-                    if first >= chunkCount { return }
-                    let end = min(first + Self.batch, chunkCount)
-                    do {
-                        // What each chunk of the batch needs: nil = nothing to fetch.
-                        var fetch: [ChunkID?] = []
-                        fetch.reserveCapacity(end - first)
-                        for i in first..<end {
-                            let offset = UInt64(i) * chunkSize
-                            let length = Int(min(chunkSize, size - offset))
-                            let id = RepositoryAccess.get(map, i)
-                            if id == nil { zero.add(1, ordering: .relaxed) }
-                            if !fresh {
-                                try existing.withUnsafeMutableBytes { try target.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<length]), at: offset) }
-                                let (hash, isZero) = existing.withUnsafeBytes { all in
-                                    let current = UnsafeRawBufferPointer(rebasing: all[0..<length])
-                                    return (XXH3.hash128(current), ChunkPipeline.isAllZero(current))
-                                }
-                                if let id, hash == id {
-                                    unchanged.add(1, ordering: .relaxed)
-                                    fetch.append(nil)
-                                    continue
-                                }
-                                // A fresh sparse target already reads zeroes: only here may a hole be needed.
-                                if id == nil, !isZero {
-                                    try target.punchHole(ByteRange(offset: offset, length: UInt64(length)))
-                                }
-                            }
-                            fetch.append(id)
-                        }
-                        let results = buffer.withUnsafeMutableBytes { repository.readChunks(fetch, into: $0) }
-                        // Write runs of consecutive fetched chunks with one write each.
-                        var runStart: Int? = nil
-                        func flush(upTo k: Int) throws {
-                            guard let r = runStart else { return }
-                            runStart = nil
-                            let offset = UInt64(first + r) * chunkSize
-                            let bytes = Int(min(UInt64(k - r) * chunkSize, size - offset))
-                            try buffer.withUnsafeBytes { try target.write(UnsafeRawBufferPointer(rebasing: $0[(r * slot)..<(r * slot + bytes)]), at: offset) }
-                            written.add(k - r, ordering: .relaxed)
-                            bytesWritten.add(UInt64(bytes), ordering: .relaxed)
-                        }
-                        for (k, id) in fetch.enumerated() {
-                            guard let id else { try flush(upTo: k); continue }
-                            let offset = UInt64(first + k) * chunkSize
-                            let length = Int(min(chunkSize, size - offset))
-                            let range = ByteRange(offset: offset, length: UInt64(length))
-                            switch results[k] {
-                            case .success(let n):
-                                guard n == length else {
-                                    throw AgentError(.damaged, "snapshot \(record.id): chunk \(id.hex) holds \(n) bytes, the map expects \(length) at \(range)")
-                                }
-                                if runStart == nil { runStart = k }
-                            case .failure(let error):
-                                try flush(upTo: k)
-                                guard options.keepGoing else {
-                                    throw AgentError(.damaged, "snapshot \(record.id) of disk \(record.diskName): chunk \(id.hex) for bytes \(range) cannot be restored: \(error). Run `tessera check --read-data`; use --keep-going to restore the rest")
-                                }
-                                damaged.withLock { $0.append(DamagedRange(offset: offset, length: UInt64(length), chunk: id.hex, error: "\(error)")) }
-                            }
-                        }
-                        try flush(upTo: fetch.count)
-                        // Let the disk write this batch while the next ones decompress, so
-                        // the final fsync has little left to wait for.
-                        target.startWriteback(ByteRange(offset: UInt64(first) * chunkSize,
-                                                        length: min(UInt64(end - first) * chunkSize, size - UInt64(first) * chunkSize)))
-                    } catch {
-                        failure.withLock { if $0 == nil { $0 = error } }
-                        return
-                    }
-                    progress(BackupProgress(bytesDone: UInt64(end) * chunkSize, bytesPlanned: size,
-                                            seconds: Date().timeIntervalSince(started)))
-                }
-            }.start()
-        }
-        group.wait()
-        if let error = failure.withLock({ $0 }) {
-            if let e = error as? BlockIOError {
-                throw AgentError(.target, "writing the restore target failed: \(e.message)")
-            }
-            throw error
-        }
-        do {
-            try target.sync()
-        } catch let e as BlockIOError {
-            throw AgentError(.target, "making the restore target durable failed: \(e.message)")
-        }
-        let list = damaged.withLock { $0 }.sorted { $0.offset < $1.offset }
-        if !list.isEmpty { log("\(list.count) damaged chunks were not restored; their ranges read as zeroes") }
-        return RestoreSummary(snapshot: record.id, disk: record.diskName, target: options.target, format: options.format.rawValue,
-                              diskSize: size, bytesWritten: bytesWritten.load(ordering: .relaxed),
-                              chunksWritten: written.load(ordering: .relaxed), chunksZero: zero.load(ordering: .relaxed),
-                              chunksUnchanged: unchanged.load(ordering: .relaxed),
-                              seconds: Date().timeIntervalSince(started), damaged: list)
+    public init(map: DiskMap, batchSize: Int = RestorePlan.defaultBatchSize) {
+        diskSize = map.diskSize
+        chunkSize = UInt64(map.chunkSize)
+        chunks = (0..<map.count).map { map[$0] }
+        self.batchSize = max(1, batchSize)
     }
 
-    /// Opens or creates the target, refusing to overwrite a non-empty one unless asked.
-    private func openTarget(size: UInt64) throws -> DiskImage {
-        let exists = DurableFile.exists(options.target)
-        do {
-            if options.onlyChanged {
-                guard exists else {
-                    throw AgentError(.target, "--only-changed restores into an existing disk, but \(options.target) does not exist")
-                }
-                let image = try DiskImage.open(path: options.target, writable: true)
-                guard image.size == size else {
-                    throw AgentError(.target, "\(options.target) is \(image.size) bytes but the snapshot is \(size) bytes; restore without --only-changed (with --force) instead")
-                }
-                return image
-            }
-            if exists {
-                let current = try BlockFile(path: options.target, mode: .readOnly).size()
-                if current > 0 && !options.force {
-                    throw AgentError(.target, "\(options.target) exists and is not empty; use --force to overwrite it or --only-changed to update it in place")
-                }
-            }
-            switch options.format {
-            case .raw:
-                if exists {
-                    let f = try BlockFile(path: options.target, mode: .readWrite)
-                    try f.truncate(to: 0)
-                }
-                return try DiskImage.createRaw(path: options.target, size: size)
-            case .vmdk:
-                return try DiskImage.createVMDK(descriptorPath: options.target, size: size)
-            }
-        } catch let e as BlockIOError {
-            throw AgentError(.target, "cannot prepare the restore target: \(e.message)")
-        }
+    public var batchCount: Int { (chunks.count + batchSize - 1) / batchSize }
+    public func batch(_ k: Int) -> Range<Int> { (k * batchSize)..<min((k + 1) * batchSize, chunks.count) }
+    public var zeroChunks: Int { chunks.count { $0 == nil } }
+    public func byteRange(ofChunk i: Int) -> ByteRange {
+        let offset = UInt64(i) * chunkSize
+        return ByteRange(offset: offset, length: min(chunkSize, diskSize - offset))
     }
 }
 
-/// `tessera diff`: the byte ranges whose content differs between two snapshots.
-public enum SnapshotDiff {
-    public static func ranges(repositoryPath: String, _ a: String, _ b: String, disk: String?) throws -> (String, String, [ByteRange]) {
-        let repository = try RepositoryAccess.open(repositoryPath)
-        let lock = try RepositoryAccess.lock(repository, .shared)
-        defer { lock.release() }
-        let ra = try RepositoryAccess.resolve(repository, a, disk: disk)
-        let rb = try RepositoryAccess.resolve(repository, b, disk: disk)
-        let ma = try RepositoryAccess.readMap(repository, ra)
-        let mb = try RepositoryAccess.readMap(repository, rb)
-        guard ra.chunkSize == rb.chunkSize else {
-            throw AgentError(.invalidArgument, "snapshots \(ra.id) and \(rb.id) use different chunk sizes; compare restored images instead")
-        }
-        let chunk = UInt64(ra.chunkSize)
-        var out: [ByteRange] = []
-        let common = min(RepositoryAccess.count(ma), RepositoryAccess.count(mb))
-        for i in 0..<common where RepositoryAccess.get(ma, i) != RepositoryAccess.get(mb, i) {
-            let start = UInt64(i) * chunk
-            out.append(ByteRange(offset: start, length: min(chunk, min(ra.diskSize, rb.diskSize) - start)))
-        }
-        let small = min(ra.diskSize, rb.diskSize), large = max(ra.diskSize, rb.diskSize)
-        if large > small { out.append(ByteRange(offset: small, length: large - small)) }
-        return (ra.id, rb.id, out.coalesced())
+/// Restores one snapshot in one pass over its disk map: chunks fetched, decompressed and
+/// re-hashed in parallel (`WorkerGroup`), zero chunks left as holes, the target synced and
+/// put in place (`RestoreTarget.commit`) before success. A failure or a cancellation
+/// discards what was staged: the target stays as it was.
+public struct RestoreJob: Sendable {
+    public let repository: Repository
+    public let snapshot: SnapshotRecord
+    public let plan: RestorePlan
+    public let settings: RestoreSettings
+    public let cancellation: Cancellation?
+
+    public init(repository: Repository, snapshot: SnapshotRecord, map: DiskMap, settings: RestoreSettings = RestoreSettings(),
+                cancellation: Cancellation? = nil) {
+        self.repository = repository
+        self.snapshot = snapshot
+        self.plan = RestorePlan(map: map)
+        self.settings = settings
+        self.cancellation = cancellation
     }
+
+    /// Restores into `target` and puts it in place.
+    /// - Throws: `AgentError.damaged` for a damaged chunk (without `keepGoing`), `.target`
+    ///   for the target's I/O, `Cancelled`.
+    public func run(into target: RestoreTarget, progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> RestoreSummary {
+        let started = Date()
+        HeapTuning.applyOnce()
+        guard target.image.size == plan.diskSize else {
+            target.discard()
+            throw AgentError(.target, "\(target.path) is \(target.image.size) bytes but snapshot \(snapshot.id) is \(plan.diskSize) bytes")
+        }
+        let counters = RestoreCounters()
+        let inPlace = target.mode == .update
+        do {
+            try WorkerGroup.run(workers: settings.workers, cancellation: cancellation) { _, stop in
+                var buffers = Buffers(chunkSize: Int(plan.chunkSize), batch: plan.batchSize, inPlace: inPlace)
+                while !stop.isSet {
+                    let k = counters.nextBatch.add(1, ordering: .relaxed).oldValue
+                    guard k < plan.batchCount else { return }
+                    try restoreBatch(k, into: target.image, inPlace: inPlace, buffers: &buffers, counters: counters)
+                    progress(BackupProgress(bytesDone: plan.byteRange(ofChunk: plan.batch(k).upperBound - 1).end,
+                                            bytesPlanned: plan.diskSize, seconds: Date().timeIntervalSince(started)))
+                }
+            }
+            try target.commit()
+        } catch let e as BlockIOError {
+            target.discard()
+            throw AgentError(.target, "writing the restore target failed: \(e.message)")
+        } catch {
+            target.discard()
+            throw error
+        }
+        return RestoreSummary(snapshot: snapshot.id, disk: snapshot.diskName, target: target.path, format: target.format.rawValue,
+                              diskSize: plan.diskSize, bytesWritten: counters.bytesWritten.load(ordering: .relaxed),
+                              chunksWritten: counters.written.load(ordering: .relaxed), chunksZero: plan.zeroChunks,
+                              chunksUnchanged: counters.unchanged.load(ordering: .relaxed),
+                              seconds: Date().timeIntervalSince(started),
+                              damaged: counters.damaged.withLock { $0 }.sorted { $0.offset < $1.offset })
+    }
+
+    /// One worker's buffers: a batch of chunks, and one chunk of the existing target.
+    private struct Buffers {
+        var batch: [UInt8]
+        var existing: [UInt8]
+        init(chunkSize: Int, batch: Int, inPlace: Bool) {
+            self.batch = [UInt8](repeating: 0, count: batch * chunkSize)
+            existing = [UInt8](repeating: 0, count: inPlace ? chunkSize : 0)
+        }
+    }
+
+    private func restoreBatch(_ k: Int, into target: DiskImage, inPlace: Bool, buffers: inout Buffers,
+                              counters: RestoreCounters) throws {
+        let chunks = plan.batch(k)
+        let slot = Int(plan.chunkSize)
+        // What each chunk of the batch needs: nil = nothing to fetch.
+        var fetch: [ChunkID?] = []
+        fetch.reserveCapacity(chunks.count)
+        for i in chunks {
+            let id = plan.chunks[i]
+            if inPlace {
+                // Only chunks that differ from what the target holds are written; a fresh
+                // target already reads zeroes, an existing one may need a hole punched.
+                let range = plan.byteRange(ofChunk: i)
+                let (hash, isZero) = try buffers.existing.withUnsafeMutableBytes { raw in
+                    let current = UnsafeMutableRawBufferPointer(rebasing: raw[0..<Int(range.length)])
+                    try target.read(into: current, at: range.offset)
+                    return (XXH3.hash128(UnsafeRawBufferPointer(current)), ChunkPipeline.isAllZero(UnsafeRawBufferPointer(current)))
+                }
+                if let id, hash == id {
+                    counters.unchanged.add(1, ordering: .relaxed)
+                    fetch.append(nil)
+                    continue
+                }
+                if id == nil, !isZero { try target.punchHole(range) }
+            }
+            fetch.append(id)
+        }
+        let results = buffers.batch.withUnsafeMutableBytes { repository.readChunks(fetch, into: $0) }
+        // Runs of consecutive fetched chunks go out with one write each.
+        var runStart: Int?
+        func writeRun(upTo end: Int) throws {
+            guard let r = runStart else { return }
+            runStart = nil
+            let offset = plan.byteRange(ofChunk: chunks.lowerBound + r).offset
+            let bytes = Int(plan.byteRange(ofChunk: chunks.lowerBound + end - 1).end - offset)
+            try buffers.batch.withUnsafeBytes { try target.write(UnsafeRawBufferPointer(rebasing: $0[(r * slot)..<(r * slot + bytes)]), at: offset) }
+            counters.written.add(end - r, ordering: .relaxed)
+            counters.bytesWritten.add(UInt64(bytes), ordering: .relaxed)
+        }
+        for (j, id) in fetch.enumerated() {
+            guard let id else { try writeRun(upTo: j); continue }
+            let range = plan.byteRange(ofChunk: chunks.lowerBound + j)
+            switch results[j] {
+            case .success(let n):
+                guard n == Int(range.length) else {
+                    throw AgentError(.damaged, "snapshot \(snapshot.id): chunk \(id.hex) holds \(n) bytes, the map expects \(range.length) at \(range)")
+                }
+                if runStart == nil { runStart = j }
+            case .failure(let error):
+                try writeRun(upTo: j)
+                guard settings.keepGoing else {
+                    throw AgentError(.damaged, "snapshot \(snapshot.id) of disk \(snapshot.diskName): chunk \(id.hex) for bytes \(range) cannot be restored: \(error). Run `tessera check --read-data` to see what else is damaged")
+                }
+                counters.damaged.withLock { $0.append(DamagedRange(offset: range.offset, length: range.length, chunk: id.hex, error: "\(error)")) }
+            }
+        }
+        try writeRun(upTo: fetch.count)
+        // Let the disk write this batch while the next ones decompress, so the final fsync
+        // has little left to wait for.
+        let first = plan.byteRange(ofChunk: chunks.lowerBound).offset
+        target.startWriteback(ByteRange(offset: first, length: plan.byteRange(ofChunk: chunks.upperBound - 1).end - first))
+    }
+}
+
+/// Counters shared by a restore's workers.
+private final class RestoreCounters: Sendable {
+    let nextBatch = Atomic<Int>(0)
+    let written = Atomic<Int>(0)
+    let unchanged = Atomic<Int>(0)
+    let bytesWritten = Atomic<UInt64>(0)
+    let damaged = Mutex<[DamagedRange]>([])
 }

@@ -22,6 +22,11 @@ public struct BlockIOError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { message }
 
+    /// The error for the calling thread's current `errno`.
+    public static func fromErrno(_ what: String, path: String) -> BlockIOError {
+        from(Errno(rawValue: Glibc.errno), what, path: path)
+    }
+
     static func from(_ errno: Errno, _ what: String, path: String) -> BlockIOError {
         switch errno {
         case .noSuchFileOrDirectory:

@@ -25,7 +25,7 @@ public final class FileLock: Sendable {
     deinit { close(fd) }
 
     /// Who holds a lock that could not be taken.
-    public struct Held: Error, Sendable, CustomStringConvertible {
+    public struct Held: Error, Sendable, Equatable, CustomStringConvertible {
         public var path: String
         /// The holder's pid when the kernel says (`/proc/locks`), nil otherwise.
         public var pid: Int32?

@@ -10,8 +10,20 @@ enum Output {
         }
     }
 
+    /// `tessera: error: MESSAGE` on stderr: the one way an error is printed.
     static func error(_ message: String) {
+        FileHandle.standardError.write(Data("tessera: error: \(message)\n".utf8))
+    }
+
+    /// `tessera: MESSAGE` on stderr: what the operator should know that is not an error
+    /// (a checkpoint released, chunks healed, a staging folder removed).
+    static func note(_ message: String) {
         FileHandle.standardError.write(Data("tessera: \(message)\n".utf8))
+    }
+
+    /// "1 snapshot", "2 snapshots"; `plural` for irregular words ("chunk copies").
+    static func count(_ n: Int, _ singular: String, _ plural: String? = nil) -> String {
+        "\(n) \(n == 1 ? singular : plural ?? singular + "s")"
     }
 
     /// 1536 -> "1.5 KiB".

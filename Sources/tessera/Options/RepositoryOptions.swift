@@ -18,34 +18,12 @@ struct RepositoryOptions: ParsableArguments {
     var path: String { repo ?? ProcessInfo.processInfo.environment["TESSERA_REPOSITORY"] ?? "" }
 }
 
-/// Exit codes a scheduler can act on (restic's numbering where it has one).
-enum ExitCodes {
-    static let failed: Int32 = 1
-    static let noRepository: Int32 = 10
-    static let locked: Int32 = 11
-}
-
-/// Runs a command body, printing library errors as one clear line and mapping them to
-/// the documented exit codes.
-func reportingErrors<T>(json: Bool = false, _ body: () throws -> T) throws -> T {
-    do {
-        return try body()
-    } catch let e as AgentError {
-        fail(e.message, code: e.code == .noRepository ? ExitCodes.noRepository : e.code == .locked ? ExitCodes.locked : ExitCodes.failed, json: json)
-    } catch let e as RepositoryError {
-        let code: Int32 = switch e.code {
-        case .notARepository: ExitCodes.noRepository
-        case .locked: ExitCodes.locked
-        default: ExitCodes.failed
-        }
-        fail(e.message, code: code, json: json)
+extension RepositoryOptions {
+    /// Opens the repository, holds a lock of `kind` while `body` runs, releases it.
+    func withRepository<T>(lock kind: LockKind, _ body: (Repository) throws -> T) throws -> T {
+        let repository = try RepositoryAccess.open(path)
+        let lock = try RepositoryAccess.lock(repository, kind)
+        defer { lock.release() }
+        return try body(repository)
     }
-}
-
-func fail(_ message: String, code: Int32, json: Bool) -> Never {
-    if json {
-        Output.json(["type": "error", "message": message, "exit_code": "\(code)"])
-    }
-    Output.error(message)
-    Foundation.exit(code)
 }
