@@ -3,6 +3,7 @@ import BlockIO
 import Codecs
 import Foundation
 import Synchronization
+import Workers
 
 /// What the pipeline decided for one chunk.
 public enum ChunkOutcome: Sendable, Equatable {
@@ -84,8 +85,7 @@ struct ChunkPipeline {
 
     /// Processes `segments` and calls `record(chunkIndex, outcome)` for every chunk (from
     /// worker threads; the callee synchronises).
-    func run(segments: [ByteRange], record: @escaping @Sendable (Int, ChunkOutcome) -> Void) throws {
-        let failure = Mutex<(any Error)?>(nil)
+    func run(segments: [ByteRange], cancellation: Cancellation?, record: @escaping @Sendable (Int, ChunkOutcome) -> Void) throws {
         let threadCount = max(1, min(workers, segments.count))
         // An incremental's segments are mostly one chunk: size the buffers to the largest
         // segment, not to `segmentSize`, so a small night does not hold workers × 4 MiB.
@@ -109,27 +109,13 @@ struct ChunkPipeline {
                 return i
             }
         }
-        let group = DispatchGroup()
-        for _ in 0..<threadCount {
-            group.enter()
-            let thread = Thread { [self] in
-                defer { group.leave() }
-                var buffer = [UInt8](repeating: 0, count: bufferSize)
-                while failure.withLock({ $0 == nil }) {
-                    guard let i = claim() else { return }
-                    do {
-                        try process(segments[i], buffer: &buffer, record: record)
-                    } catch {
-                        failure.withLock { if $0 == nil { $0 = error } }
-                        return
-                    }
-                }
+        try WorkerGroup.run(workers: threadCount, cancellation: cancellation) { [self] _, stop in
+            var buffer = [UInt8](repeating: 0, count: bufferSize)
+            while !stop.isSet {
+                guard let i = claim() else { return }
+                try process(segments[i], buffer: &buffer, record: record)
             }
-            thread.stackSize = 1 << 20
-            thread.start()
         }
-        group.wait()
-        if let error = failure.withLock({ $0 }) { throw error }
     }
 
     private func process(_ segment: ByteRange, buffer: inout [UInt8], record: (Int, ChunkOutcome) -> Void) throws {

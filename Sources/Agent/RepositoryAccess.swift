@@ -2,6 +2,7 @@ import BackupRepository
 import BlockIO
 import Foundation
 import Synchronization
+import Workers
 
 /// The agent's uses of the repository, with repository errors turned into agent errors
 /// that carry the CLI's exit-code categories (no repository, locked).
@@ -27,67 +28,45 @@ public enum RepositoryAccess {
         }
     }
 
-    /// A held lock, refreshed in the background so a long backup's lock never looks stale,
-    /// and released once (a lock left behind by a crash is detectably stale).
+    /// A held lock, refreshed every 5 minutes so a long job's lock never looks stale, and
+    /// released once (a lock left behind by a crash is detectably stale).
     public final class Releasable: Sendable {
         let lock: RepositoryLock
-        private let stopped = Atomic<Bool>(false)
+        private let refresher: Ticker
+        private let released = Atomic<Bool>(false)
 
         init(_ lock: RepositoryLock) {
             self.lock = lock
-            // The thread holds the object until release() stops it; callers release in a defer.
-            Thread { [self] in
-                var waited = 0.0
-                while !self.stopped.load(ordering: .relaxed) {
-                    Thread.sleep(forTimeInterval: 1)
-                    waited += 1
-                    if waited >= 300 {
-                        waited = 0
-                        try? lock.refresh()
-                    }
-                }
-            }.start()
+            refresher = Ticker(every: 300, name: "tessera-lock-refresh") { try? lock.refresh() }
         }
 
         public func release() {
-            guard !stopped.exchange(true, ordering: .relaxed) else { return }
+            guard !released.exchange(true, ordering: .relaxed) else { return }
+            refresher.stop()
             try? lock.release()
         }
     }
 
-    /// The newest snapshot of `disk` whose map reads back, with a note when newer ones were
-    /// skipped (a damaged base is never built on).
-    static func newestUsableSnapshot(_ repository: Repository, disk: String) -> (SnapshotRecord?, DiskMap?, String?) {
+    /// The newest snapshot of `disk` whose map reads back, as the base of the next backup,
+    /// with a note when newer ones were skipped (a damaged base is never built on).
+    static func newestUsableBase(_ repository: Repository, disk: String) -> (BackupBase?, String?) {
         let all: [SnapshotRecord]
         do {
             all = try repository.snapshots().filter { $0.diskName == disk }
         } catch {
-            return (nil, nil, "the snapshot list cannot be read: \(error)")
+            return (nil, "the snapshot list cannot be read: \(error)")
         }
         var note: String?
         for record in all.reversed() {
             do {
-                return (record, try repository.readDiskMap(record.diskMap), note)
+                return (BackupBase(snapshot: record, map: try repository.readDiskMap(record.diskMap)), note)
             } catch {
                 note = "the newest snapshot \(record.id) of disk \(disk) is damaged (\(error)); an older one is the base"
             }
         }
-        if let note { return (nil, nil, note + ", and no older snapshot is usable") }
-        return (nil, nil, nil)
+        if let note { return (nil, note + ", and no older snapshot is usable") }
+        return (nil, nil)
     }
-
-    static func emptyMap(size: UInt64, chunkSize: Int) -> DiskMap {
-        // The chunk size comes from the repository's own config, which was validated on open.
-        try! DiskMap(diskSize: size, chunkSize: chunkSize)
-    }
-
-    static func resized(_ map: DiskMap, to size: UInt64) -> DiskMap {
-        size == map.diskSize ? map : (try! DiskMap(copying: map, resizedTo: size))
-    }
-
-    static func get(_ map: DiskMap, _ i: Int) -> ChunkID? { map[i] }
-    static func set(_ map: inout DiskMap, _ i: Int, _ id: ChunkID?) { map[i] = id }
-    static func count(_ map: DiskMap) -> Int { map.count }
 
     static func writer(_ repository: Repository) throws -> RepositoryWriter {
         do { return try repository.makeWriter() } catch let e as RepositoryError {

@@ -13,8 +13,8 @@ public enum SnapshotDiff {
         }
         let chunk = UInt64(ra.chunkSize)
         var out: [ByteRange] = []
-        let common = min(RepositoryAccess.count(ma), RepositoryAccess.count(mb))
-        for i in 0..<common where RepositoryAccess.get(ma, i) != RepositoryAccess.get(mb, i) {
+        let common = min(ma.count, mb.count)
+        for i in 0..<common where ma[i] != mb[i] {
             let start = UInt64(i) * chunk
             out.append(ByteRange(offset: start, length: min(chunk, min(ra.diskSize, rb.diskSize) - start)))
         }

@@ -43,7 +43,7 @@ struct PipelineTests {
         let segments = ChunkPipeline.segments(for: ranges, chunkSize: 65536, diskSize: size)
         let pipeline = ChunkPipeline(source: source, repository: repository, writer: writer, chunkSize: 65536,
                                      workers: workers, counters: PipelineCounters())
-        try pipeline.run(segments: segments) { _, _ in }
+        try pipeline.run(segments: segments, cancellation: nil) { _, _ in }
         writer.abandon()
 
         let log = source.log.withLock { $0 }

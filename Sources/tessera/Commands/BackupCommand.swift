@@ -1,6 +1,9 @@
 import Agent
+import BackupRepository
 import ArgumentParser
 import BlockIO
+import Logging
+import Workers
 import Foundation
 
 struct BackupCommand: ParsableCommand {
@@ -24,22 +27,43 @@ struct BackupCommand: ParsableCommand {
     @Option(help: "A tag to attach to the snapshot (repeatable).") var tag: [String] = []
     @Flag(help: "Print JSON lines; the last is {\"type\":\"summary\", ...}.") var json = false
 
+    func validate() throws {
+        if filter != nil && nbd != nil {
+            throw ValidationError("--filter and --nbd are two different sources of changes; give one")
+        }
+        if filter == nil && nbd == nil && source == nil {
+            throw ValidationError("say where to read disk \(disk) from: --filter CONTROL_SOCKET, --nbd URI or --source PATH")
+        }
+        if bitmap != nil && nbd == nil { throw ValidationError("--bitmap names a dirty bitmap of the --nbd export; give --nbd too") }
+        if nbd != nil && source != nil { throw ValidationError("--nbd reads the export itself; --source is for --filter or a scan") }
+    }
+
     func run() throws {
-        var options = BackupOptions(repositoryPath: repository.path, disk: disk)
-        options.filterControl = filter
-        options.sourcePath = source
-        options.nbdURI = nbd
-        options.bitmap = bitmap
-        options.forceFull = full
-        options.tags = tag
+        let changes: any ChangeSource = if let filter {
+            FilterChangeSource(control: filter, disk: disk, sourcePath: source)
+        } else if let nbd {
+            NBDBitmapChangeSource(uri: nbd, bitmap: bitmap)
+        } else {
+            ScanChangeSource(path: source ?? "")
+        }
+        var settings = BackupSettings(disk: disk)
+        settings.tags = tag
+        settings.fullRead = full
         let bar = ProgressBar(label: "backup \(disk)", json: json)
-        let json = self.json
-        let summary = try reportingErrors(json: json) {
-            let job = try BackupJob(options: options)
-            return try job.run(log: { message in
-                // A full read's reason is in the summary too; say the rest as it happens.
-                if json { Output.json(["type": "note", "message": message]) } else if !message.hasPrefix("full read:") { Output.error(message) }
-            }, progress: { bar.update($0) })
+        let signals = JobSignals()
+        let logger = CommandLogHandler.logger("tessera.backup", json: json)
+        let (disk, filter) = (self.disk, self.filter)
+        let summary = try reportingErrors(json: json, cancelled: { c in
+            "backup of disk \(disk) cancelled by \(c.reason); \(filter == nil ? "" : "checkpoint aborted, nothing lost; ")no snapshot saved"
+        }) {
+            try repository.withRepository(lock: .shared) { repo in
+                do {
+                    return try BackupJob(repository: repo, source: changes, settings: settings, logger: logger,
+                                         cancellation: signals.cancellation).run(progress: { bar.update($0) })
+                } catch let e as AgentError where e.code == .noBitmap {
+                    throw AgentError(.noBitmap, e.message + " (--bitmap NAME), or back up with --full", cause: e)
+                }
+            }
         }
         bar.finish()
         if json { Output.json(summary); return }

@@ -7,6 +7,9 @@ enum Output {
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         if let data = try? encoder.encode(value), let line = String(data: data, encoding: .utf8) {
             print(line)
+            // A pipe would buffer the line until exit: whoever reads --json (a scheduler, a
+            // progress display) gets each line when it happens.
+            fflush(nil)
         }
     }
 

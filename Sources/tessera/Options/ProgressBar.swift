@@ -8,7 +8,7 @@ final class ProgressBar: Sendable {
     private let enabled: Bool
     private let json: Bool
     private let label: String
-    private let lastJSON = Mutex<Double>(0)
+    private let lastJSON = Mutex<Double>(-1)
 
     init(label: String, json: Bool) {
         self.label = label
@@ -24,8 +24,10 @@ final class ProgressBar: Sendable {
 
     func update(_ p: BackupProgress) {
         if json {
+            // The first line as soon as work shows, then one a second.
             let due = lastJSON.withLock { last -> Bool in
-                if p.seconds - last < 1 { return false }
+                if last >= 0 && p.seconds - last < 1 { return false }
+                if last < 0 && p.bytesDone == 0 { return false }
                 last = p.seconds
                 return true
             }

@@ -13,6 +13,7 @@ final class TerminationSignals: @unchecked Sendable {
     private let lock = NSLock()
 
     init() {
+        unblock([SIGTERM, SIGINT])
         // The default action would end the process at once; the sources below still see them.
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
