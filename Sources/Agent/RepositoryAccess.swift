@@ -2,6 +2,7 @@ import BackupRepository
 import BlockIO
 import Foundation
 import Synchronization
+import Workers
 
 /// The agent's uses of the repository, with repository errors turned into agent errors
 /// that carry the CLI's exit-code categories (no repository, locked).
@@ -27,31 +28,34 @@ enum RepositoryAccess {
         }
     }
 
-    /// A held lock, refreshed in the background so a long backup's lock never looks stale,
-    /// and released once (a lock left behind by a crash is detectably stale).
-    final class Releasable: Sendable {
-        let lock: RepositoryLock
-        private let stopped = Atomic<Bool>(false)
+    /// The lock of a command that only reads: shared, or none (`--no-lock`, or a repository
+    /// that cannot be written, which `warn` is told about).
+    static func lockForReading(_ repository: Repository, _ locking: ReadLocking, warn: (String) -> Void) throws -> Releasable {
+        do {
+            return Releasable(try repository.lockForReading(locking, warn: warn))
+        } catch let e as RepositoryError where e.code == .locked {
+            throw AgentError(.locked, e.message)
+        } catch let e as RepositoryError {
+            throw AgentError(.repository, e.message)
+        }
+    }
 
-        init(_ lock: RepositoryLock) {
+    /// A held lock (or none), refreshed in the background so a long job's lock never looks
+    /// stale, and released once (a lock left behind by a crash is detectably stale).
+    final class Releasable: Sendable {
+        let lock: RepositoryLock?
+        private let refresher: Ticker?
+        private let released = Atomic<Bool>(false)
+
+        init(_ lock: RepositoryLock?) {
             self.lock = lock
-            // The thread holds the object until release() stops it; callers release in a defer.
-            Thread { [self] in
-                var waited = 0.0
-                while !self.stopped.load(ordering: .relaxed) {
-                    Thread.sleep(forTimeInterval: 1)
-                    waited += 1
-                    if waited >= 300 {
-                        waited = 0
-                        try? lock.refresh()
-                    }
-                }
-            }.start()
+            refresher = lock.map { lock in Ticker(every: 300, name: "tessera-lock-refresh") { try? lock.refresh() } }
         }
 
         func release() {
-            guard !stopped.exchange(true, ordering: .relaxed) else { return }
-            try? lock.release()
+            guard !released.exchange(true, ordering: .relaxed) else { return }
+            refresher?.stop()
+            try? lock?.release()
         }
     }
 

@@ -22,6 +22,8 @@ public struct RestoreOptions: Sendable {
     /// Go on past damaged chunks (their ranges are listed) instead of stopping.
     public var keepGoing = false
     public var workers = ProcessInfo.processInfo.activeProcessorCount
+    /// A shared lock (none on a read-only repository, with a warning), or none (`--no-lock`).
+    public var locking = ReadLocking.shared
 
     public init(repositoryPath: String, snapshot: String, target: String) {
         self.repositoryPath = repositoryPath
@@ -73,7 +75,7 @@ public struct RestoreJob: Sendable {
         let started = Date()
         HeapTuning.applyOnce()
         let repository = try RepositoryAccess.open(options.repositoryPath)
-        let lock = try RepositoryAccess.lock(repository, .shared)
+        let lock = try RepositoryAccess.lockForReading(repository, options.locking, warn: log)
         defer { lock.release() }
         let record = try RepositoryAccess.resolve(repository, options.snapshot, disk: options.disk)
         let map = try RepositoryAccess.readMap(repository, record)
@@ -231,9 +233,10 @@ public struct RestoreJob: Sendable {
 
 /// `tessera diff`: the byte ranges whose content differs between two snapshots.
 public enum SnapshotDiff {
-    public static func ranges(repositoryPath: String, _ a: String, _ b: String, disk: String?) throws -> (String, String, [ByteRange]) {
+    public static func ranges(repositoryPath: String, _ a: String, _ b: String, disk: String?, locking: ReadLocking = .shared,
+                              warn: (String) -> Void = { _ in }) throws -> (String, String, [ByteRange]) {
         let repository = try RepositoryAccess.open(repositoryPath)
-        let lock = try RepositoryAccess.lock(repository, .shared)
+        let lock = try RepositoryAccess.lockForReading(repository, locking, warn: warn)
         defer { lock.release() }
         let ra = try RepositoryAccess.resolve(repository, a, disk: disk)
         let rb = try RepositoryAccess.resolve(repository, b, disk: disk)

@@ -65,6 +65,7 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Update an existing disk, writing only the chunks that differ.") var onlyChanged = false
     @Flag(help: "Overwrite an existing non-empty target.") var force = false
     @Flag(help: "Go on past damaged chunks and list their ranges.") var keepGoing = false
+    @OptionGroup var lockOptions: ReadLockOptions
     @Flag(help: "Print JSON lines.") var json = false
 
     func run() throws {
@@ -77,6 +78,7 @@ struct RestoreCommand: ParsableCommand {
         options.onlyChanged = onlyChanged
         options.force = force
         options.keepGoing = keepGoing
+        options.locking = lockOptions.locking
         let bar = ProgressBar(label: "restore", json: json)
         let json = self.json
         let summary = try reportingErrors(json: json) {
@@ -100,13 +102,15 @@ struct DiffCommand: ParsableCommand {
     @Argument(help: "The first snapshot.") var a: String
     @Argument(help: "The second snapshot.") var b: String
     @Option(help: "The disk, for 'latest'.") var disk: String?
+    @OptionGroup var lockOptions: ReadLockOptions
     @Flag(help: "Print JSON.") var json = false
 
     struct Range: Codable { var offset: UInt64; var length: UInt64 }
 
     func run() throws {
         let (ida, idb, ranges) = try reportingErrors(json: json) {
-            try SnapshotDiff.ranges(repositoryPath: repository.path, a, b, disk: disk)
+            try SnapshotDiff.ranges(repositoryPath: repository.path, a, b, disk: disk, locking: lockOptions.locking,
+                                    warn: { Output.error($0) })
         }
         if json { Output.json(ranges.map { Range(offset: $0.offset, length: $0.length) }); return }
         for r in ranges { print("\(r.offset)\t\(r.length)") }

@@ -18,6 +18,17 @@ struct RepositoryOptions: ParsableArguments {
     var path: String { repo ?? ProcessInfo.processInfo.environment["TESSERA_REPOSITORY"] ?? "" }
 }
 
+/// `--no-lock`, for the commands that only read (restore, serve, diff, check).
+struct ReadLockOptions: ParsableArguments {
+    @Flag(help: ArgumentHelp("Take no lock and ignore other processes' locks.", discussion: """
+        For a repository that cannot be written (without --no-lock a read-only repository is \
+        read without a lock too, with a warning). Nothing is written into the repository. At \
+        your own risk: a prune running meanwhile may delete what this command reads.
+        """)) var noLock = false
+
+    var locking: ReadLocking { noLock ? .none : .shared }
+}
+
 /// Exit codes a scheduler can act on (restic's numbering where it has one).
 enum ExitCodes {
     static let failed: Int32 = 1
