@@ -21,6 +21,11 @@ public enum ObjectKind: String, Sendable, CaseIterable, Codable {
         case .setAside: "set-aside chunk"
         }
     }
+
+    /// "a pack", "an index file".
+    public var nounWithArticle: String {
+        (noun.first.map { "aeiou".contains($0) } ?? false ? "an " : "a ") + noun
+    }
 }
 
 /// One object: its kind and its name (lowercase hex for everything but `config`).
@@ -55,7 +60,7 @@ public struct IrregularEntry: Sendable, Hashable, CustomStringConvertible {
         self.what = what
     }
 
-    public var description: String { "\(path) is not a regular file (\(what)) but is named like a \(kind.noun)" }
+    public var description: String { "\(path) is not a regular file (\(what)) but is named like \(kind.nounWithArticle)" }
 }
 
 /// Named points inside a write, where a fault-injection hook may throw (tests).

@@ -44,7 +44,7 @@ public enum Pruner {
                                   object: "chunk \(missing)")
         }
         for e in try store.irregularEntries() {
-            log("\(e.path) is not a regular file (\(e.what)) but is named like a \(e.kind.noun): left alone; move it out of the repository")
+            log("\(e.path) is not a regular file (\(e.what)) but is named like \(e.kind.nounWithArticle): left alone; move it out of the repository")
         }
         var inventory = PruneInventory()
         inventory.snapshots = walk.records.count

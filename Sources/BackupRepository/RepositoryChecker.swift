@@ -81,7 +81,7 @@ public enum RepositoryChecker {
         // block the check forever, a symbolic link would read bytes from elsewhere).
         for e in try repo.store.irregularEntries() {
             findings.append(CheckFinding(kind: CheckFinding.Kind(e.kind), object: e.path,
-                                         problem: "not a regular file (\(e.what)) but named like a \(e.kind.noun), so no command reads it; move it out of the repository",
+                                         problem: "not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle), so no command reads it; move it out of the repository",
                                          lost: false))
         }
 

@@ -26,7 +26,7 @@ public enum RepositoryRepair {
         // Never opened (a FIFO would block the rebuild forever); named so the operator can
         // move them out.
         for e in try store.irregularEntries() {
-            log("\(e.path) skipped: not a regular file (\(e.what)) but named like a \(e.kind.noun); move it out of the repository")
+            log("\(e.path) skipped: not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle); move it out of the repository")
         }
         for key in try store.list(.pack) {
             guard let pack = Digest128(hex: key.name) else { continue }
