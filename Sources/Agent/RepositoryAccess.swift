@@ -28,22 +28,34 @@ public enum RepositoryAccess {
         }
     }
 
-    /// A held lock, refreshed every 5 minutes so a long job's lock never looks stale, and
-    /// released once (a lock left behind by a crash is detectably stale).
+    /// The lock of a command that only reads: shared, or none (`--no-lock`, or a repository
+    /// that cannot be written, which `warn` is told about).
+    public static func lockForReading(_ repository: Repository, _ locking: ReadLocking, warn: (String) -> Void) throws -> Releasable {
+        do {
+            return Releasable(try repository.lockForReading(locking, warn: warn))
+        } catch let e as RepositoryError where e.code == .locked {
+            throw AgentError(.locked, e.message)
+        } catch let e as RepositoryError {
+            throw AgentError(.repository, e.message)
+        }
+    }
+
+    /// A held lock (or none), refreshed in the background so a long job's lock never looks
+    /// stale, and released once (a lock left behind by a crash is detectably stale).
     public final class Releasable: Sendable {
-        let lock: RepositoryLock
-        private let refresher: Ticker
+        let lock: RepositoryLock?
+        private let refresher: Ticker?
         private let released = Atomic<Bool>(false)
 
-        init(_ lock: RepositoryLock) {
+        init(_ lock: RepositoryLock?) {
             self.lock = lock
-            refresher = Ticker(every: 300, name: "tessera-lock-refresh") { try? lock.refresh() }
+            refresher = lock.map { lock in Ticker(every: 300, name: "tessera-lock-refresh") { try? lock.refresh() } }
         }
 
         public func release() {
             guard !released.exchange(true, ordering: .relaxed) else { return }
-            refresher.stop()
-            try? lock.release()
+            refresher?.stop()
+            try? lock?.release()
         }
     }
 

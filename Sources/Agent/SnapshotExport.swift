@@ -31,9 +31,12 @@ public final class SnapshotExport: NBDExport {
     /// - Parameters:
     ///   - snapshot: an ID, a unique prefix, or `latest` (with `disk`).
     ///   - exportName: the NBD export name; the snapshot's disk name when nil.
-    public init(repositoryPath: String, snapshot: String, disk: String?, exportName: String?) throws {
+    ///   - locking: a shared lock (none on a read-only repository, with a warning), or none.
+    ///   - warn: told when the export runs without the lock it was meant to take.
+    public init(repositoryPath: String, snapshot: String, disk: String?, exportName: String?,
+                locking: ReadLocking = .shared, warn: (String) -> Void = { _ in }) throws {
         repository = try RepositoryAccess.open(repositoryPath)
-        lock = try RepositoryAccess.lock(repository, .shared)
+        lock = try RepositoryAccess.lockForReading(repository, locking, warn: warn)
         do {
             record = try RepositoryAccess.resolve(repository, snapshot, disk: disk)
             map = try RepositoryAccess.readMap(repository, record)

@@ -29,6 +29,11 @@ enum IndexFile {
     static let version: UInt32 = 1
     static let entrySize = 48
 
+    /// The size of an index file of `entries` entries.
+    static func encodedSize(entries: Int) -> UInt64 {
+        UInt64(16 + entries * entrySize + 8)
+    }
+
     static func encode(_ entries: [IndexEntry]) -> (name: String, bytes: [UInt8]) {
         var w = ByteWriter(capacity: 16 + entries.count * entrySize + 8)
         w.ascii("TIDX")

@@ -226,11 +226,17 @@ public final class LocalObjectStore: ObjectStore {
         }
     }
 
+    /// Opens an object's file for reading: a regular file, or nothing. A FIFO named like an
+    /// object would block a plain open forever and a symbolic link would read bytes from
+    /// outside the repository, so both are refused as damage (never waited on, never followed).
     private func openExisting(_ key: ObjectKey) throws -> BlockFile {
         do {
-            return try BlockFile(path: path(of: key), mode: .readOnly)
+            return try BlockFile.openRegularFile(path: path(of: key))
         } catch let e as BlockIOError where e.code == .notFound {
             throw RepositoryError(.notFound, "\(key) is missing (\(path(of: key))); run `tessera check` to see what it affects",
+                                  object: key.description, cause: e)
+        } catch let e as BlockIOError where e.code == .notRegularFile {
+            throw RepositoryError(.damaged, "\(key) is damaged: \(e.message), so tessera never reads it; move it out of the repository, then run `tessera check`",
                                   object: key.description, cause: e)
         }
     }
@@ -240,56 +246,103 @@ public final class LocalObjectStore: ObjectStore {
         return try io("stat \(key)", object: key.description) { try openExisting(key).size() }
     }
 
+    /// True only for a regular file: a FIFO or a symbolic link named like the object is not it.
     public func exists(_ key: ObjectKey) -> Bool {
-        (try? validate(key)) != nil && DurableFile.exists(path(of: key))
+        guard (try? validate(key)) != nil else { return false }
+        var st = stat()
+        return lstat(path(of: key), &st) == 0 && st.st_mode & S_IFMT == S_IFREG
     }
 
     public func list(_ kind: ObjectKind, prefix: String) throws -> [ObjectKey] {
+        try scan(kind, prefix: prefix).objects
+    }
+
+    public func irregularEntries() throws -> [IrregularEntry] {
+        var out: [IrregularEntry] = []
+        for kind in ObjectKind.allCases { out += try scan(kind, prefix: "").irregular }
+        return out.sorted { $0.path < $1.path }
+    }
+
+    /// The entries of one kind's directories named like objects of that kind: the regular
+    /// files are the objects; anything else (FIFO, symbolic link, directory, device, socket)
+    /// is irregular, reported and never opened. Temp files and other names are neither.
+    private func scan(_ kind: ObjectKind, prefix: String) throws -> (objects: [ObjectKey], irregular: [IrregularEntry]) {
         let suffix = Self.suffix(kind)
-        func names(in dir: String) throws -> [ObjectKey] {
-            try entries(of: dir).compactMap { file in
-                guard file.hasSuffix(suffix) else { return nil }
-                let name = String(file.dropLast(suffix.count))
-                guard isHexName(name), name.hasPrefix(prefix) else { return nil }
-                return ObjectKey(kind, name)
+        var objects: [ObjectKey] = []
+        var irregular: [IrregularEntry] = []
+        func scanFiles(in dir: String) throws {
+            for entry in try entries(of: dir) where entry.name.hasSuffix(suffix) {
+                let name = String(entry.name.dropLast(suffix.count))
+                guard isHexName(name), name.hasPrefix(prefix) else { continue }
+                let path = "\(dir)/\(entry.name)"
+                if let what = entry.nonRegularKind(at: path) {
+                    irregular.append(IrregularEntry(kind: kind, path: path, what: what))
+                } else {
+                    objects.append(ObjectKey(kind, name))
+                }
             }
         }
         switch kind {
         case .config:
-            return DurableFile.exists("\(root)/config") ? [.config] : []
+            let path = "\(root)/config"
+            if let what = BlockFile.nonRegularKind(atPath: path) {
+                irregular.append(IrregularEntry(kind: .config, path: path, what: what))
+            } else if DurableFile.exists(path) {
+                objects.append(.config)
+            }
         case .pack, .mapPage, .diskMap:
             let top = kind == .pack ? "\(root)/packs" : "\(root)/maps"
-            var out: [ObjectKey] = []
-            for sub in try entries(of: top) where sub.utf8.count == 2 && isHexName(sub) {
-                if prefix.count >= 2 && !prefix.hasPrefix(sub) { continue }
-                if prefix.count == 1 && !sub.hasPrefix(prefix) { continue }
-                out += try names(in: "\(top)/\(sub)")
+            for sub in try entries(of: top) where sub.name.utf8.count == 2 && isHexName(sub.name) {
+                if prefix.count >= 2 && !prefix.hasPrefix(sub.name) { continue }
+                if prefix.count == 1 && !sub.name.hasPrefix(prefix) { continue }
+                let dir = "\(top)/\(sub.name)"
+                guard sub.isDirectory(at: dir) else {
+                    // A fan-out name that is no directory: one report, from the pack scan.
+                    if kind != .diskMap {
+                        irregular.append(IrregularEntry(kind: kind, path: dir, what: BlockFile.nonRegularKind(atPath: dir) ?? "a file, not a directory"))
+                    }
+                    continue
+                }
+                try scanFiles(in: dir)
             }
-            return out.sorted { $0.name < $1.name }
-        case .index:
-            return try names(in: "\(root)/index").sorted { $0.name < $1.name }
-        case .snapshot:
-            return try names(in: "\(root)/snapshots").sorted { $0.name < $1.name }
-        case .lock:
-            return try names(in: "\(root)/locks").sorted { $0.name < $1.name }
-        case .setAside:
-            return try names(in: "\(root)/quarantine/chunks").sorted { $0.name < $1.name }
+        case .index, .snapshot, .lock, .setAside:
+            try scanFiles(in: directory(for: ObjectKey(kind, "00")))
+        }
+        return (objects.sorted { $0.name < $1.name }, irregular)
+    }
+
+    /// One name in a directory and its type as `readdir` reports it.
+    private struct DirectoryEntry {
+        var name: String
+        var type: UInt8
+
+        /// What the entry is when it is not a regular file; nil for a regular file. File
+        /// systems that do not fill in `d_type` are asked with `lstat`.
+        func nonRegularKind(at path: String) -> String? {
+            if Int(type) == Int(DT_REG) { return nil }
+            return BlockFile.nonRegularKind(atPath: path)
+        }
+
+        func isDirectory(at path: String) -> Bool {
+            if Int(type) == Int(DT_DIR) { return true }
+            var st = stat()
+            return Int(type) == Int(DT_UNKNOWN) && lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
         }
     }
 
     /// Names in a directory (a missing directory is empty).
-    private func entries(of dir: String) throws -> [String] {
+    private func entries(of dir: String) throws -> [DirectoryEntry] {
         guard let d = opendir(dir) else {
             if errno == ENOENT { return [] }
             throw RepositoryError(.io, "could not list \(dir): \(Errno(rawValue: errno)); check permissions")
         }
         defer { closedir(d) }
-        var out: [String] = []
+        var out: [DirectoryEntry] = []
         while let e = readdir(d) {
             let name = withUnsafeBytes(of: e.pointee.d_name) { raw in
                 String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
             }
-            if name != "." && name != ".." { out.append(name) }
+            if name != "." && name != ".." { out.append(DirectoryEntry(name: name, type: e.pointee.d_type)) }
         }
         return out
     }
@@ -332,12 +385,14 @@ public final class LocalObjectStore: ObjectStore {
     public func leftovers() throws -> [String] {
         var dirs = ["index", "snapshots", "quarantine/chunks", ".", "packs", "maps"]
         for top in ["packs", "maps"] {
-            dirs += try entries(of: "\(root)/\(top)").filter { $0.utf8.count == 2 && isHexName($0) }.map { "\(top)/\($0)" }
+            dirs += try entries(of: "\(root)/\(top)")
+                .filter { $0.name.utf8.count == 2 && isHexName($0.name) && $0.isDirectory(at: "\(root)/\(top)/\($0.name)") }
+                .map { "\(top)/\($0.name)" }
         }
         var out: [String] = []
         for d in dirs {
-            for name in try entries(of: "\(root)/\(d)") where name.contains(".tmp-") {
-                out.append(d == "." ? name : "\(d)/\(name)")
+            for entry in try entries(of: "\(root)/\(d)") where entry.name.contains(".tmp-") {
+                out.append(d == "." ? entry.name : "\(d)/\(entry.name)")
             }
         }
         return out.sorted()

@@ -21,6 +21,11 @@ public enum ObjectKind: String, Sendable, CaseIterable, Codable {
         case .setAside: "set-aside chunk"
         }
     }
+
+    /// "a pack", "an index file".
+    public var nounWithArticle: String {
+        (noun.first.map { "aeiou".contains($0) } ?? false ? "an " : "a ") + noun
+    }
 }
 
 /// One object: its kind and its name (lowercase hex for everything but `config`).
@@ -38,6 +43,24 @@ public struct ObjectKey: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         kind == .config ? "config" : "\(kind.noun) \(name)"
     }
+}
+
+/// Something in the store named like an object that is not one: not a regular file.
+public struct IrregularEntry: Sendable, Hashable, CustomStringConvertible {
+    /// The kind of object its name looks like.
+    public var kind: ObjectKind
+    /// Where it is (a path for a local store).
+    public var path: String
+    /// What it is: "a FIFO", "a symbolic link", "a directory" ...
+    public var what: String
+
+    public init(kind: ObjectKind, path: String, what: String) {
+        self.kind = kind
+        self.path = path
+        self.what = what
+    }
+
+    public var description: String { "\(path) is not a regular file (\(what)) but is named like \(kind.nounWithArticle)" }
 }
 
 /// Named points inside a write, where a fault-injection hook may throw (tests).
@@ -88,6 +111,10 @@ public protocol ObjectStore: Sendable {
     /// Moves a damaged object aside (out of every listing) so a later write of the same
     /// content can heal the repository. Returns where it went (for reports).
     func quarantine(_ key: ObjectKey) throws -> String
+    /// Entries named like objects that are not regular files (a FIFO, a symbolic link, a
+    /// directory, a device): `list` leaves them out and nothing ever opens them, so none can
+    /// make a command hang or read bytes from outside the repository; `check` reports them.
+    func irregularEntries() throws -> [IrregularEntry]
     /// Leftovers of killed writers (temp files) that `list` never shows, for prune.
     func leftovers() throws -> [String]
     /// Removes one leftover named by `leftovers()`.
@@ -142,6 +169,9 @@ final class BufferedObjectStream: ObjectStream {
 
 extension ObjectStore {
     public func list(_ kind: ObjectKind) throws -> [ObjectKey] { try list(kind, prefix: "") }
+
+    /// Stores that hold only whole objects (in memory, S3) have no irregular entries.
+    public func irregularEntries() throws -> [IrregularEntry] { [] }
 
     /// Leftovers of killed writers (temp files), which `list` never shows. Stores that
     /// cannot have any return none.

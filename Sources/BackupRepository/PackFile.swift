@@ -29,6 +29,12 @@ enum PackFile {
     static let trailerEntrySize = 32
     static let version: UInt32 = 1
 
+    /// The size of a pack holding `count` envelopes of `envelopeBytes` bytes in all:
+    /// header, envelopes, trailer (8 + 32 per entry + 8) and footer.
+    static func size(envelopeBytes: UInt64, count: Int) -> UInt64 {
+        UInt64(headerSize) + envelopeBytes + 8 + UInt64(count * trailerEntrySize) + 8 + UInt64(footerSize)
+    }
+
     static func header() -> [UInt8] {
         var w = ByteWriter()
         w.ascii("TPAK")

@@ -1,8 +1,8 @@
 import BlockIO
 import Codecs
-import Dispatch
 import Foundation
 import Synchronization
+import Workers
 
 /// What `check` does besides proving structure.
 public struct CheckOptions: Sendable {
@@ -36,12 +36,12 @@ public enum RepositoryChecker {
 
     /// Checks the repository at `path`. A damaged or missing config is a finding (the
     /// check cannot go further without it); a directory that is no repository at all throws.
-    public static func check(path: String, options: CheckOptions = CheckOptions(),
+    public static func check(path: String, options: CheckOptions = CheckOptions(), cancellation: Cancellation? = nil,
                              progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
         let started = Date()
         do {
             let repo = try Repository.open(at: path)
-            return try check(repo, options: options, progress: progress)
+            return try check(repo, options: options, cancellation: cancellation, progress: progress)
         } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
             let store = LocalObjectStore(root: path)
             // No config and no repository layout either: this is not a repository.
@@ -60,7 +60,9 @@ public enum RepositoryChecker {
     }
 
     /// Checks an open repository.
-    public static func check(_ repo: Repository, options: CheckOptions = CheckOptions(),
+    /// - Parameter cancellation: stops the check between packs (it then throws `Cancelled`);
+    ///   nothing is set aside by a cancelled check.
+    public static func check(_ repo: Repository, options: CheckOptions = CheckOptions(), cancellation: Cancellation? = nil,
                              progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
         let started = Date()
         var summary = CheckSummary()
@@ -75,6 +77,13 @@ public enum RepositoryChecker {
         summary.chunksReferenced = walk.chunks.count
 
         findings += structureFindings(repo, walk)
+        // Things named like objects that are not regular files: never opened (a FIFO would
+        // block the check forever, a symbolic link would read bytes from elsewhere).
+        for e in try repo.store.irregularEntries() {
+            findings.append(CheckFinding(kind: CheckFinding.Kind(e.kind), object: e.path,
+                                         problem: "not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle), so no command reads it; move it out of the repository",
+                                         lost: false))
+        }
 
         // Packs: every listed pack's trailer, every indexed pack's existence, and the data.
         let aside = try repo.setAsideList()
@@ -85,8 +94,8 @@ public enum RepositoryChecker {
         let all = listed.union(primary.keys).sorted()
         summary.packs = listed.count
         summary.indexFiles = try repo.store.list(.index).count
-        let results = checkPacks(repo, all, listed: listed, primary: primary, packsWithAside: packsWithAside,
-                                 options: options, progress: progress)
+        let results = try checkPacks(repo, all, listed: listed, primary: primary, packsWithAside: packsWithAside,
+                                     options: options, cancellation: cancellation, progress: progress)
         for r in results where r.read {
             summary.packsRead += 1
             summary.chunksRead += r.chunksRead
@@ -239,17 +248,18 @@ public enum RepositoryChecker {
     }
 
     private static func checkPacks(_ repo: Repository, _ packs: [PackID], listed: Set<PackID>, primary: [PackID: [IndexEntry]],
-                                   packsWithAside: Set<PackID>, options: CheckOptions,
-                                   progress: @escaping @Sendable (CheckProgress) -> Void) -> [PackResult] {
+                                   packsWithAside: Set<PackID>, options: CheckOptions, cancellation: Cancellation?,
+                                   progress: @escaping @Sendable (CheckProgress) -> Void) throws -> [PackResult] {
         let sizes = packs.map { listed.contains($0) ? (try? repo.store.size(ObjectKey(.pack, $0.hex))) ?? 0 : 0 }
         let total = zip(packs, sizes).reduce(UInt64(0)) { $0 + (options.readData.selects($1.0) ? $1.1 : 0) }
         let next = Atomic<Int>(0)
         let done = Mutex<(packs: Int, bytes: UInt64)>((0, 0))
         let results = Mutex<[PackResult]>([])
         let workers = min(options.workers, max(packs.count, 1))
-        DispatchQueue.concurrentPerform(iterations: workers) { _ in
+        // Workers, not `forEach`: each keeps one decompression buffer for all its packs.
+        try WorkerGroup.run(workers: workers, cancellation: cancellation) { _, stop in
             var buffer = [UInt8](repeating: 0, count: repo.config.chunkSize)
-            while true {
+            while !stop.isSet {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < packs.count else { return }
                 let id = packs[i]
@@ -378,5 +388,21 @@ public enum RepositoryChecker {
             throw RepositoryError.damaged(object, "trailer offset \(trailerOffset) out of range")
         }
         return try PackScan.parseTrailer(Array(bytes[Int(trailerOffset)...]), trailerOffset: trailerOffset, object: object)
+    }
+}
+
+extension CheckFinding.Kind {
+    /// The finding kind for an object kind (lock files and set-aside records have none of
+    /// their own: they are the repository's bookkeeping, reported with the config).
+    init(_ kind: ObjectKind) {
+        switch kind {
+        case .pack: self = .pack
+        case .index: self = .index
+        case .mapPage: self = .mapPage
+        case .diskMap: self = .diskMap
+        case .snapshot: self = .snapshot
+        case .setAside: self = .chunk
+        case .config, .lock: self = .config
+        }
     }
 }

@@ -1,4 +1,6 @@
+import BlockIO
 import Foundation
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -63,5 +65,64 @@ public final class RepositoryLock: Sendable {
     public func release() throws {
         try store.delete(ObjectKey(.lock, info.id))
         try store.syncPendingDirectories()
+    }
+}
+
+/// How a command that only reads (restore, serve, diff, check) locks the repository.
+public enum ReadLocking: Sendable, Equatable {
+    /// A shared lock, so a prune waits. When no lock file can be written because the
+    /// repository is read-only here (a write-protected disk, a read-only mount or snapshot,
+    /// no write permission), the command goes on without one, says so, and still refuses to
+    /// run beside an exclusive lock it can see.
+    case shared
+    /// No lock, and other processes' locks are ignored (`--no-lock`, restic's meaning): for a
+    /// repository that cannot be written, or to read beside a prune at the operator's risk.
+    /// Nothing is written into the repository.
+    case none
+}
+
+extension RepositoryError {
+    /// The storage refused a write because it is read-only, or not writable by this user
+    /// (EROFS, EACCES, EPERM).
+    public var isReadOnlyStorage: Bool {
+        guard let e = cause as? BlockIOError, let errno = e.errno else { return false }
+        return errno == .readOnlyFileSystem || errno == .permissionDenied || errno == .notPermitted
+    }
+}
+
+extension Repository {
+    /// Takes a lock, retrying for up to `wait` seconds while another process holds a
+    /// conflicting one (a backup's shared lock, for prune).
+    /// - Throws: `.locked` when the wait runs out.
+    public func lock(_ kind: LockKind, wait: TimeInterval) throws -> RepositoryLock {
+        let deadline = Date().addingTimeInterval(wait)
+        while true {
+            do { return try lock(kind) } catch let e as RepositoryError where e.code == .locked && Date() < deadline {
+                // Jitter, so two waiters do not keep backing off in step.
+                Thread.sleep(forTimeInterval: Double.random(in: 0.5...1.5))
+            }
+        }
+    }
+
+    /// The lock of a command that only reads (see `ReadLocking`).
+    /// - Parameter warn: told when the command runs without a lock it was meant to take.
+    /// - Returns: the lock, or nil when the command runs without one.
+    /// - Throws: `.locked` when another process holds the exclusive lock (a prune).
+    public func lockForReading(_ locking: ReadLocking, warn: (String) -> Void) throws -> RepositoryLock? {
+        guard locking == .shared else { return nil }
+        do {
+            return try lock(.shared)
+        } catch let e as RepositoryError where e.isReadOnlyStorage {
+            // No lock of our own, but a prune that locked the repository through a writable
+            // path (the same disk mounted elsewhere) is still honoured.
+            let now = Date()
+            if let conflict = try locks().first(where: { $0.kind == .exclusive && !$0.isStale(now: now) }) {
+                throw RepositoryError(.locked, "the repository is locked: \(conflict.summary); wait for it to finish (or, at your own risk, use --no-lock)",
+                                      object: "lock \(conflict.id)")
+            }
+            let why = (e.cause as? BlockIOError)?.errno.map { "\($0)" } ?? e.message
+            warn("warning: the repository is read-only here (cannot write a lock file: \(why)), so this runs without a lock; a prune running elsewhere could delete what it reads. --no-lock skips the lock on purpose, without this warning")
+            return nil
+        }
     }
 }

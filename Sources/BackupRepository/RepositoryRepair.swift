@@ -23,6 +23,11 @@ public enum RepositoryRepair {
         var report = IndexReport()
         let store = repo.store
         var entries: [IndexEntry] = []
+        // Never opened (a FIFO would block the rebuild forever); named so the operator can
+        // move them out.
+        for e in try store.irregularEntries() {
+            log("\(e.path) skipped: not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle); move it out of the repository")
+        }
         for key in try store.list(.pack) {
             guard let pack = Digest128(hex: key.name) else { continue }
             report.packs += 1

@@ -1,6 +1,7 @@
 import Codecs
 import Dispatch
 import Synchronization
+import Workers
 
 /// Writes one backup: chunks into packs, then index files, then the disk map, then the
 /// snapshot record (the commit point).
@@ -262,27 +263,15 @@ public final class RepositoryWriter: Sendable {
     /// Writes map pages. A first full map of a large disk has thousands of pages, each a
     /// file with its own fsync, so several are written at once to overlap fsync latency.
     private func writePages(_ pages: [(page: Int, id: Digest128)], of map: DiskMap) throws {
-        let workers = pages.count > 8 ? 4 : 1
-        let firstError = Mutex<(any Error)?>(nil)
-        let work: @Sendable (Int) -> Void = { w in
-            for k in stride(from: w, to: pages.count, by: workers) {
-                if firstError.withLock({ $0 != nil }) { return }
-                do {
-                    let raw = DiskMapCodec.page(map, pages[k].page)
-                    let envelope = try raw.withUnsafeBytes { r in
-                        try self.repository.codecs.withCompressor { c in
-                            try ObjectEnvelope.encode(.mapPage, id: pages[k].id, raw: r, compressor: c)
-                        }
-                    }
-                    try self.store.put(ObjectKey(.mapPage, pages[k].id.hex), envelope, syncNow: false)
-                } catch {
-                    firstError.withLock { if $0 == nil { $0 = error } }
-                    return
+        try WorkerGroup.forEach(pages.count, workers: pages.count > 8 ? 4 : 1) { k in
+            let raw = DiskMapCodec.page(map, pages[k].page)
+            let envelope = try raw.withUnsafeBytes { r in
+                try self.repository.codecs.withCompressor { c in
+                    try ObjectEnvelope.encode(.mapPage, id: pages[k].id, raw: r, compressor: c)
                 }
             }
+            try self.store.put(ObjectKey(.mapPage, pages[k].id.hex), envelope, syncNow: false)
         }
-        if workers == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: workers, execute: work) }
-        if let e = firstError.withLock({ $0 }) { throw e }
     }
 
     /// Writes the snapshot record: the commit point. Before it, the backup does not exist;

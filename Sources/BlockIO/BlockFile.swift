@@ -9,6 +9,9 @@ import Glibc
 public struct BlockIOError: Error, CustomStringConvertible, Sendable {
     public enum Code: Sendable, Equatable {
         case notFound, permissionDenied, noSpace, shortRead, invalidArgument, io, corrupt
+        /// The path names a FIFO, a symbolic link, a directory, a device or a socket where a
+        /// regular file was expected (`BlockFile.openRegularFile`).
+        case notRegularFile
     }
     public var code: Code
     public var message: String
@@ -76,6 +79,69 @@ public final class BlockFile: Sendable {
             throw BlockIOError.from(e, "open", path: path)
         }
         isWritable = mode != .readOnly
+    }
+
+    private init(path: String, descriptor: FileDescriptor) {
+        self.path = path
+        self.descriptor = descriptor
+        isWritable = false
+    }
+
+    /// Opens an existing regular file read-only, and refuses anything else without waiting on
+    /// it: a FIFO (a plain open for reading blocks until a writer comes, forever), a symbolic
+    /// link (not followed), a directory, a device or a socket. For files that must be what
+    /// their name says, such as repository objects.
+    ///
+    /// The open is `O_NONBLOCK | O_NOFOLLOW`, then `fstat` must say `S_ISREG`. `O_NONBLOCK`
+    /// changes nothing for a regular file, so the descriptor stays as it is.
+    /// - Throws: `.notRegularFile` saying what the path is, `.notFound`, or the open's error.
+    public static func openRegularFile(path: String) throws -> BlockFile {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.nonBlocking, .noFollow, .closeOnExec])
+        } catch let e as Errno {
+            // ELOOP: a symbolic link (O_NOFOLLOW); ENXIO: a socket or a FIFO's odd cases.
+            if e != .noSuchFileOrDirectory, let what = nonRegularKind(atPath: path) {
+                throw notRegular(path, what, errno: e)
+            }
+            throw BlockIOError.from(e, "open", path: path)
+        }
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else {
+            let e = Errno(rawValue: errno)
+            try? fd.close()
+            throw BlockIOError.from(e, "stat", path: path)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            try? fd.close()
+            throw notRegular(path, describeFileType(st.st_mode), errno: nil)
+        }
+        return BlockFile(path: path, descriptor: fd)
+    }
+
+    /// What a path is when it is not a regular file ("a FIFO", "a symbolic link", ...), from
+    /// `lstat` (links are not followed); nil for a regular file or a path that does not exist.
+    public static func nonRegularKind(atPath path: String) -> String? {
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT != S_IFREG else { return nil }
+        return describeFileType(st.st_mode)
+    }
+
+    static func describeFileType(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: "a FIFO"
+        case S_IFLNK: "a symbolic link"
+        case S_IFDIR: "a directory"
+        case S_IFCHR: "a character device"
+        case S_IFBLK: "a block device"
+        case S_IFSOCK: "a socket"
+        case S_IFREG: "a regular file"
+        default: "of an unknown file type"
+        }
+    }
+
+    private static func notRegular(_ path: String, _ what: String, errno: Errno?) -> BlockIOError {
+        BlockIOError(.notRegularFile, "\(path): not a regular file (\(what))", errno: errno)
     }
 
     deinit { try? descriptor.close() }

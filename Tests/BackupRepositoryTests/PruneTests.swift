@@ -121,6 +121,53 @@ struct PruneTests {
         #expect(try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all)).isClean)
     }
 
+    /// The plan is a pure function of the inventory: what goes, what is rewritten into which
+    /// packs, what the index files and the bytes become; no repository needed.
+    @Test func thePlanIsMadeFromTheInventoryAlone() throws {
+        func d(_ n: UInt64) -> Digest128 { Digest128(high: n, low: n) }
+        func entries(_ pack: UInt64, _ chunks: ClosedRange<UInt64>, length: Int = 1000) -> [IndexEntry] {
+            chunks.enumerated().map { k, c in
+                IndexEntry(chunk: d(c), pack: d(pack), offset: UInt64(8 + k * length), length: length, rawLength: 4096)
+            }
+        }
+        var inventory = PruneInventory()
+        inventory.packs = [
+            .init(id: d(1), size: 10_000, live: []),                          // garbage: delete
+            .init(id: d(2), size: 10_000, live: entries(2, 10...18)),         // 9 000 of 10 000 live: keep
+            .init(id: d(3), size: 10_000, live: entries(3, 20...21)),         // 80 % garbage: rewrite
+            .init(id: d(4), size: 10_000, live: entries(4, 30...38), hasSetAside: true), // rewrite, quarantine
+            .init(id: d(5), size: 3_000, live: [], hasSetAside: true),        // quarantine
+        ]
+        inventory.indexFiles = [.init(key: ObjectKey(.index, d(9).hex), size: 5_000)]
+        inventory.diskMaps = [.init(key: ObjectKey(.diskMap, d(7).hex), size: 300, live: false),
+                              .init(key: ObjectKey(.diskMap, d(8).hex), size: 300)]
+        var options = PruneOptions()
+        options.packTargetSize = 6_000
+        let plan = PrunePlan.make(inventory, options: options)
+        #expect(plan.packsToDelete == [d(1), d(5)] && plan.packsToRepack == [d(3), d(4)])
+        #expect(plan.quarantined == [d(4), d(5)])
+        // 11 chunks of 1 000 bytes into packs sealed at 6 000 bytes: 6 (8 + 6 000), then 5.
+        #expect(plan.newPacks.map(\.entries.count) == [6, 5])
+        let sizes: [UInt64] = [8 + 6_000 + 32 + 6 * 32, 8 + 5_000 + 32 + 5 * 32]
+        #expect(plan.newPacks.map(\.size) == sizes)
+        #expect(plan.kept == entries(2, 10...18))
+        let interim = try #require(plan.interimIndex)
+        #expect(try IndexFile.decode(interim.bytes, name: interim.name) == plan.kept + entries(3, 20...21) + entries(4, 30...38))
+        let r = plan.report
+        #expect(r.packsDeleted == 1 && r.packsQuarantined == 2 && r.packsRepacked == 2 && r.packsKept == 1)
+        #expect(r.packsWritten == 2 && r.chunksMoved == 11 && r.diskMapsDeleted == 1)
+        // Interim index (old one deleted), then the final one (interim deleted).
+        #expect(r.indexFilesWritten == 2 && r.indexFilesDeleted == 2)
+        #expect(r.bytesBefore == UInt64(43_000 + 5_000 + 600))
+        let newPackBytes: UInt64 = plan.newPacks.reduce(0) { $0 + $1.size }
+        let indexBytes = UInt64(16 + 20 * 48 + 8)
+        #expect(r.bytesAfter == 10_000 + newPackBytes + indexBytes + 300)
+        // Nothing to delete: no interim index, one index file written.
+        inventory.packs.removeAll { $0.live.isEmpty }
+        let repackOnly = PrunePlan.make(inventory, options: options)
+        #expect(repackOnly.interimIndex == nil && repackOnly.report.indexFilesWritten == 1 && repackOnly.report.indexFilesDeleted == 1)
+    }
+
     @Test func pruneRefusesWhenItCannotTellWhatIsLive() throws {
         let dir = try TemporaryDirectory("prune")
         _ = try Self.makeRepository(at: dir.path)

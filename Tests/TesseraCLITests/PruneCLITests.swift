@@ -58,7 +58,18 @@ struct PruneCLITests {
     @Test func pruneDryRunPredictsWhatTheRunDoes() throws {
         let dir = try TemporaryDirectory("cli-prune-dry")
         let repo = dir.file("repo")
-        let expected = try Self.nightly(repo: repo, source: dir.file("disk.raw"), nights: 8, seed: 96)
+        let source = dir.file("disk.raw")
+        var expected = try Self.nightly(repo: repo, source: source, nights: 8, seed: 96)
+        // Two more nights rewrite every chunk but the first four. Four scattered changes a
+        // night alone never leave a night's pack wholly unreferenced; now the forgotten nights'
+        // packs are garbage (deleted) but the first one, which still holds chunks 0-3 (repacked).
+        var disk = try Data(contentsOf: URL(fileURLWithPath: source))
+        var g = SeededGenerator(seed: 196)
+        for _ in 0..<2 {
+            disk.replaceSubrange(4 * 65536..<32 * 65536, with: Data(g.bytes(28 * 65536)))
+            try disk.write(to: URL(fileURLWithPath: source))
+            expected[try Tessera.backup(repo: repo, source: source)] = disk
+        }
         try Tessera.ok(["forget", "--repo", repo, "--keep-last", "2"])
         let plan = try Tessera.summary(try Tessera.ok(["prune", "--repo", repo, "--dry-run", "--json"]))
         let done = try Tessera.summary(try Tessera.ok(["prune", "--repo", repo, "--json"]))

@@ -12,13 +12,15 @@ struct CheckCommand: ParsableCommand {
             map names is indexed, its pack exists and the pack's trailer lists it. With --read-data, \
             every pack is read and every chunk decompressed and re-hashed; --read-data-subset N% or \
             K/M reads a deterministic part (M runs of K=1..M cover everything). A damaged or lost \
-            chunk copy is set aside, so the next backup of an affected disk stores it again.
+            chunk copy is set aside, so the next backup of an affected disk stores it again \
+            (not without a lock, with --no-lock or on a read-only repository: then check writes nothing).
             Exit codes: 0 clean, 1 damage found (or failed), 10 no repository, 11 locked.
             """)
     @OptionGroup var repository: RepositoryOptions
     @Flag(help: "Read every pack and re-hash every chunk.") var readData = false
     @Option(help: "Read part of the packs: N% or K/M (the K-th of M disjoint slices by pack ID).") var readDataSubset: String?
     @Flag(help: "Report damaged chunks but do not set them aside.") var noSetAside = false
+    @OptionGroup var lockOptions: ReadLockOptions
     @Flag(help: "Print JSON lines: one per finding, then {\"type\":\"summary\", ...}.") var json = false
 
     func validate() throws {
@@ -59,12 +61,17 @@ struct CheckCommand: ParsableCommand {
             // A shared lock: check runs beside backups, never beside prune (which deletes).
             let lock: MaintenanceLock?
             do {
-                lock = try MaintenanceLock(path: repository.path, kind: .shared, wait: 0)
+                lock = try MaintenanceLock(path: repository.path, reading: lockOptions.locking, warn: { Output.error($0) })
             } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
                 lock = nil // the checker reports the config itself
             }
             defer { lock?.release() }
-            if let lock { return try RepositoryChecker.check(lock.repository, options: options, progress: { bar.update($0) }) }
+            if let lock {
+                var options = options
+                // Without a lock, check writes nothing (set-aside records included).
+                if lock.lock == nil { options.setAside = false }
+                return try RepositoryChecker.check(lock.repository, options: options, progress: { bar.update($0) })
+            }
             return try RepositoryChecker.check(path: repository.path, options: options, progress: { bar.update($0) })
         }
         bar.finish()

@@ -7,6 +7,7 @@ import Foundation
 struct DiffCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "diff", abstract: "The byte ranges that differ between two snapshots.")
     @OptionGroup var repository: RepositoryOptions
+    @OptionGroup var lockOptions: ReadLockOptions
     @Argument(help: "The first snapshot.") var a: String
     @Argument(help: "The second snapshot.") var b: String
     @Option(help: "The disk, for 'latest'.") var disk: String?
@@ -16,7 +17,7 @@ struct DiffCommand: ParsableCommand {
 
     func run() throws {
         let (ida, idb, ranges) = try reportingErrors(json: json) {
-            try repository.withRepository(lock: .shared) { try SnapshotDiff.ranges($0, a, b, disk: disk) }
+            try repository.withRepository(reading: lockOptions.locking) { try SnapshotDiff.ranges($0, a, b, disk: disk) }
         }
         if json { Output.json(ranges.map { Range(offset: $0.offset, length: $0.length) }); return }
         for r in ranges { print("\(r.offset)\t\(r.length)") }

@@ -2,6 +2,7 @@ import ArgumentParser
 import BackupRepository
 import Foundation
 import Synchronization
+import Workers
 
 struct PruneCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -61,30 +62,36 @@ struct PruneCommand: ParsableCommand {
 }
 
 /// A repository opened under a lock that is refreshed in the background (so a long prune
-/// or check never looks stale) and released once.
+/// or check never looks stale) and released once. A command that only reads may run without
+/// a lock (`--no-lock`, or a read-only repository): then `lock` is nil.
 final class MaintenanceLock: Sendable {
     let repository: Repository
-    private let lock: RepositoryLock
-    private let stopped = Atomic<Bool>(false)
+    let lock: RepositoryLock?
+    private let refresher: Ticker?
+    private let released = Atomic<Bool>(false)
 
-    init(path: String, kind: LockKind, wait: Double) throws {
-        repository = try Repository.open(at: path)
-        lock = try repository.lock(kind, wait: wait)
-        Thread { [self] in
-            var waited = 0.0
-            while !self.stopped.load(ordering: .relaxed) {
-                Thread.sleep(forTimeInterval: 1)
-                waited += 1
-                if waited >= 300 {
-                    waited = 0
-                    try? self.lock.refresh()
-                }
-            }
-        }.start()
+    /// Opens the repository and takes a `kind` lock, retrying for `wait` seconds.
+    convenience init(path: String, kind: LockKind, wait: Double) throws {
+        let repository = try Repository.open(at: path)
+        self.init(repository, lock: try repository.lock(kind, wait: wait))
+    }
+
+    /// Opens the repository and takes the lock of a command that only reads.
+    convenience init(path: String, reading locking: ReadLocking, warn: (String) -> Void) throws {
+        let repository = try Repository.open(at: path)
+        self.init(repository, lock: try repository.lockForReading(locking, warn: warn))
+    }
+
+    private init(_ repository: Repository, lock: RepositoryLock?) {
+        self.repository = repository
+        self.lock = lock
+        // Every 5 minutes; a lock not refreshed for 30 is stale.
+        refresher = lock.map { lock in Ticker(every: 300, name: "tessera-lock-refresh") { try? lock.refresh() } }
     }
 
     func release() {
-        guard !stopped.exchange(true, ordering: .relaxed) else { return }
-        try? lock.release()
+        guard !released.exchange(true, ordering: .relaxed) else { return }
+        refresher?.stop()
+        try? lock?.release()
     }
 }

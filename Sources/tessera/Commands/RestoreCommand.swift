@@ -18,6 +18,7 @@ struct RestoreCommand: ParsableCommand {
             target that a filter serves (a running VM's disk) is refused.
             """)
     @OptionGroup var repository: RepositoryOptions
+    @OptionGroup var lockOptions: ReadLockOptions
     @Argument(help: "A snapshot id, a unique prefix, or 'latest' (with --disk).") var snapshot: String
     @Option(help: "The disk, for 'latest'.") var disk: String?
     @Option(help: "The target: a raw file, or a VMDK descriptor path with --format vmdk.") var to: String
@@ -45,7 +46,7 @@ struct RestoreCommand: ParsableCommand {
                 ? "\(to) is partly updated: run the same restore again to finish it"
                 : "\(to) is as it was")
         }) {
-            try repository.withRepository(lock: .shared) { repo in
+            try repository.withRepository(reading: lockOptions.locking) { repo in
                 let record = try RepositoryAccess.resolve(repo, snapshot, disk: disk)
                 let map = try RepositoryAccess.readMap(repo, record)
                 let target = try RestoreTarget.prepare(path: to, format: format, size: record.diskSize, mode: mode)

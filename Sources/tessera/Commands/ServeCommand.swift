@@ -14,7 +14,8 @@ struct ServeCommand: AsyncParsableCommand {
             Boot a VM from the snapshot, or copy it with qemu-img convert / nbdcopy, without \
             restoring it to a flat file first. Every read is checked against the chunk IDs; a \
             damaged chunk is an I/O error for its bytes. Zero chunks are holes in base:allocation. \
-            The repository stays locked (shared) while serving, so prune waits. SIGTERM or \
+            The repository stays locked (shared) while serving, so prune waits (on a read-only \
+            repository, or with --no-lock, it is served without a lock). SIGTERM or \
             SIGINT: finish in-flight requests, release the lock, exit 0.
             """)
 
@@ -33,6 +34,7 @@ struct ServeCommand: AsyncParsableCommand {
         no encryption. Use it only on an isolated network or behind a firewall.
         """)) var tcpAllowRemote = false
     @Option(help: "The export name (default: the snapshot's disk name).") var name: String?
+    @OptionGroup var lockOptions: ReadLockOptions
 
     func validate() throws {
         if let tcp, NBDServer.parseTCPAddress(tcp) == nil {
@@ -45,7 +47,8 @@ struct ServeCommand: AsyncParsableCommand {
         var logger = Logger(label: "tessera.serve")
         logger.logLevel = .info
         let export = try reportingErrors {
-            try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name)
+            try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name,
+                               locking: lockOptions.locking, warn: { Output.error($0) })
         }
         // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
         let termination = TerminationSignals()

@@ -26,4 +26,24 @@ extension RepositoryOptions {
         defer { lock.release() }
         return try body(repository)
     }
+
+    /// The same for a command that only reads: a shared lock, or none (`--no-lock`, or a
+    /// read-only repository, with a warning).
+    func withRepository<T>(reading locking: ReadLocking, _ body: (Repository) throws -> T) throws -> T {
+        let repository = try RepositoryAccess.open(path)
+        let lock = try RepositoryAccess.lockForReading(repository, locking, warn: { Output.note($0.hasPrefix("warning: ") ? $0 : "warning: " + $0) })
+        defer { lock.release() }
+        return try body(repository)
+    }
+}
+
+/// `--no-lock`, for the commands that only read (restore, serve, diff, check).
+struct ReadLockOptions: ParsableArguments {
+    @Flag(help: ArgumentHelp("Take no lock and ignore other processes' locks.", discussion: """
+        For a repository that cannot be written (without --no-lock a read-only repository is \
+        read without a lock too, with a warning). Nothing is written into the repository. At \
+        your own risk: a prune running meanwhile may delete what this command reads.
+        """)) var noLock = false
+
+    var locking: ReadLocking { noLock ? .none : .shared }
 }
