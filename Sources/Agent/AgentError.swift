@@ -11,6 +11,8 @@ public struct AgentError: Error, CustomStringConvertible, Sendable {
         case filter = "filter"
         case damaged = "damaged"
         case target = "target"
+        /// The restore target exists and holds data; it is replaced or updated only when asked.
+        case targetExists = "target-exists"
     }
 
     public var code: Code

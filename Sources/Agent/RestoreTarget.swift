@@ -77,7 +77,7 @@ public final class RestoreTarget: Sendable {
                 return RestoreTarget(path: path, format: format, mode: mode, image: image, staging: nil, locks: locks, notes: [])
             case .create, .replace:
                 if try exists && mode == .create && BlockFile(path: path, mode: .readOnly).size() > 0 {
-                    throw AgentError(.target, "\(path) exists and is not empty; replace it (force) or update it in place (only the chunks that differ)")
+                    throw AgentError(.targetExists, "\(path) exists and is not empty; replace it whole, or update it in place (only the chunks that differ)")
                 }
                 let directory = DurableFile.parentDirectory(of: path)
                 let notes = removeStaleStaging(in: directory)

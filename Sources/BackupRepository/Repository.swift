@@ -48,6 +48,21 @@ public final class Repository: Sendable {
     /// - Throws: `.alreadyExists` when a config is already there, `.invalidArgument` for bad sizes.
     public static func initialize(at path: String, chunkSize: Int = 65536, compressionLevel: Int = 1,
                                   id: String? = nil, created: Date? = nil) throws -> Repository {
+        // A repository gets a folder of its own: mixed into one that holds other files, a
+        // prune or a careless `rm` of one would hurt the other.
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw RepositoryError(.invalidArgument, "\(path) is not a directory; give a new or empty directory for the repository")
+            }
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            if entries.contains("config") {
+                throw RepositoryError(.alreadyExists, "a repository already exists at \(path); open it instead, or choose an empty directory", object: "config")
+            }
+            if !entries.isEmpty {
+                throw RepositoryError(.invalidArgument, "\(path) is not empty (it holds \(entries.sorted().prefix(3).joined(separator: ", "))\(entries.count > 3 ? ", ..." : "")); give a new or empty directory for the repository")
+            }
+        }
         let store = LocalObjectStore(root: path)
         try store.createLayout()
         return try initialize(store: store, chunkSize: chunkSize, compressionLevel: compressionLevel, id: id, created: created)

@@ -366,7 +366,10 @@ public enum RepositoryChecker {
     static func why(_ e: RepositoryError) -> String {
         var m = e.message
         if let r = m.range(of: "; run `") { m = String(m[..<r.lowerBound]) }
-        if let object = e.object, m.hasPrefix("\(object) is damaged: ") { m = "damaged: " + m.dropFirst(object.count + 14) }
+        if let object = e.object {
+            let prefix = "\(object) is damaged: "
+            if m.hasPrefix(prefix) { m = "damaged: " + m.dropFirst(prefix.count) }
+        }
         return m
     }
 

@@ -41,16 +41,16 @@ public final class DiskImage: Sendable {
         let fileSize = try probe.size()
         let head = try probe.read(count: Int(min(fileSize, 4096)), at: 0)
         for magic in VMDKDescriptor.sparseMagics where head.starts(with: magic.bytes) {
-            throw BlockIOError(.invalidArgument, "\(path): a sparse VMDK extent (magic \(magic.name)); Tessera reads only flat disks: convert with qemu-img convert -O vmdk -o subformat=monolithicFlat \(path) OUT.vmdk (or, if this really is a raw disk that starts with those bytes, open it with openRaw / --format raw)")
+            throw BlockIOError(.invalidArgument, "\(path): a sparse VMDK extent (magic \(magic.name)); Tessera reads only flat disks: convert it with `qemu-img convert -O vmdk -o subformat=monolithicFlat \(path) OUT.vmdk` and back up OUT.vmdk")
         }
         if head.starts(with: [0x51, 0x46, 0x49, 0xfb]) {
-            throw BlockIOError(.invalidArgument, "\(path): a qcow2 image; Tessera reads raw files and flat VMDKs: convert with qemu-img convert -O raw \(path) OUT.raw (or, if this really is a raw disk that starts with those bytes, open it with openRaw / --format raw)")
+            throw BlockIOError(.invalidArgument, "\(path): a qcow2 image; Tessera reads raw files and flat VMDKs: convert it with `qemu-img convert -O raw \(path) OUT.raw` and back up OUT.raw")
         }
         guard VMDKDescriptor.looksLikeDescriptor(head) else {
             return try openRaw(path: path, writable: writable)
         }
         guard fileSize <= UInt64(VMDKDescriptor.sizeLimit) else {
-            throw BlockIOError(.corrupt, "\(path): starts like a VMDK descriptor but is \(fileSize) bytes, more than the \(VMDKDescriptor.sizeLimit)-byte limit for a descriptor; it is damaged (if it really is a raw disk, open it with openRaw / --format raw)")
+            throw BlockIOError(.corrupt, "\(path): starts like a VMDK descriptor but is \(fileSize) bytes, more than the \(VMDKDescriptor.sizeLimit)-byte limit for a descriptor; it is damaged")
         }
         let text = try probe.read(count: Int(fileSize), at: 0)
         let descriptor = try VMDKDescriptor.parse(text, source: path)

@@ -61,7 +61,7 @@ struct CheckCommand: ParsableCommand {
             // A shared lock: check runs beside backups, never beside prune (which deletes).
             let lock: MaintenanceLock?
             do {
-                lock = try MaintenanceLock(path: repository.path, reading: lockOptions.locking, warn: { Output.error($0) })
+                lock = try MaintenanceLock(path: repository.path, reading: lockOptions.locking, warn: { Output.note($0) })
             } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
                 lock = nil // the checker reports the config itself
             }
@@ -81,15 +81,15 @@ struct CheckCommand: ParsableCommand {
         } else {
             for f in report.findings { print(Self.describe(f)) }
             let s = report.summary
-            print("checked \(s.snapshots) snapshots, \(s.diskMaps) disk maps, \(s.mapPages) map pages, \(s.chunksReferenced) chunks referenced, \(s.packs) packs")
+            print("checked \(Output.count(s.snapshots, "snapshot")), \(Output.count(s.diskMaps, "disk map")), \(Output.count(s.mapPages, "map page")), \(Output.count(s.chunksReferenced, "chunk")) referenced, \(Output.count(s.packs, "pack"))")
             if s.packsRead > 0 {
-                print("read \(s.packsRead) packs, \(s.chunksRead) chunks, \(Output.bytes(s.bytesRead)) in \(String(format: "%.2f", s.seconds))s (\(Output.bytes(UInt64(Double(s.bytesRead) / max(s.seconds, 0.001))))/s)")
+                print("read \(Output.count(s.packsRead, "pack")), \(Output.count(s.chunksRead, "chunk")), \(Output.bytes(s.bytesRead)) in \(String(format: "%.2f", s.seconds))s (\(Output.bytes(UInt64(Double(s.bytesRead) / max(s.seconds, 0.001))))/s)")
             }
             if s.unreferencedPacks + s.unreferencedDiskMaps + s.unreferencedMapPages > 0 {
-                print("unreferenced (prune removes them): \(s.unreferencedPacks) packs, \(s.unreferencedDiskMaps) disk maps, \(s.unreferencedMapPages) map pages")
+                print("unreferenced (prune removes them): \(Output.count(s.unreferencedPacks, "pack")), \(Output.count(s.unreferencedDiskMaps, "disk map")), \(Output.count(s.unreferencedMapPages, "map page"))")
             }
-            if s.setAsideNow > 0 { print("set aside \(s.setAsideNow) chunk copies: the next backup of the affected disks stores them again") }
-            print(report.isClean ? "no damage found" : "\(report.findings.count) problems found")
+            if s.setAsideNow > 0 { print("set aside \(Output.count(s.setAsideNow, "chunk copy", "chunk copies")): the next backup of the affected disks stores them again") }
+            print(report.isClean ? "no damage found" : "\(Output.count(report.findings.count, "problem")) found")
         }
         if !report.isClean { throw ExitCode(ExitCodes.failed) }
     }
@@ -98,7 +98,7 @@ struct CheckCommand: ParsableCommand {
         var lines = ["\(f.lost ? "DAMAGED" : "WARNING") \(f.object): \(f.problem)"]
         for d in f.damage {
             let ranges = d.ranges.isEmpty ? "the whole snapshot" : d.ranges.prefix(8).map(\.description).joined(separator: " ")
-                + (d.ranges.count > 8 ? " … (\(d.ranges.count) ranges, \(Output.bytes(d.ranges.totalLength)))" : "")
+                + (d.ranges.count > 8 ? " … (\(Output.count(d.ranges.count, "range")), \(Output.bytes(d.ranges.totalLength)))" : "")
             lines.append("  snapshot \(d.snapshot.prefix(12)) (disk \(d.disk)): \(ranges)")
         }
         return lines.joined(separator: "\n")
@@ -132,7 +132,7 @@ final class CheckProgressLine: Sendable {
         guard enabled else { return }
         let seconds = Date().timeIntervalSince(started)
         let rate = seconds > 0 ? Double(p.bytesDone) / seconds : 0
-        let line = String(format: "\rcheck: %d/%d packs, %@ / %@ read, %@/s ", p.packsDone, p.packsTotal,
+        let line = String(format: "\rcheck: %d/%d packs, %@ / %@ read, %@/s\u{1B}[K", p.packsDone, p.packsTotal,
                           Output.bytes(p.bytesDone), Output.bytes(p.bytesTotal), Output.bytes(UInt64(rate)))
         FileHandle.standardError.write(Data(line.utf8))
     }

@@ -124,7 +124,7 @@ struct FilterChanges: ParsableCommand {
             print("\(e.offset)\t\(e.length)\t\(e.zero ? "zero" : "data")")
             total += e.length
         }
-        print("\(extents.count) extents, \(total) bytes (\(Output.bytes(total))) changed since \(since)")
+        print("\(Output.count(extents.count, "extent")), \(total) bytes (\(Output.bytes(total))) changed since \(since)")
     }
 }
 

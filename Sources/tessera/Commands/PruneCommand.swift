@@ -38,7 +38,7 @@ struct PruneCommand: ParsableCommand {
         // Lock files of dead processes (a killed backup or prune) go too; nobody else holds a lock now.
         if !dryRun { _ = try? lock.repository.removeStaleLocks() }
         return try Pruner.prune(lock.repository, options: PruneOptions(repackThreshold: threshold, dryRun: dryRun),
-                                log: { message in json ? Output.json(["type": "note", "message": message]) : Output.error(message) })
+                                log: { message in json ? Output.json(["type": "note", "message": message]) : Output.note(message) })
     }
 
     struct ReportLine: Encodable {
@@ -54,8 +54,8 @@ struct PruneCommand: ParsableCommand {
     static func print(_ r: PruneReport, json: Bool) {
         if json { printJSONLine(ReportLine(report: r)); return }
         let verb = r.dryRun ? "would free" : "freed"
-        Swift.print("\(r.snapshots) snapshots reference \(r.chunksLive) chunks")
-        Swift.print("packs: \(r.packsKept) kept, \(r.packsDeleted) deleted, \(r.packsRepacked) rewritten into \(r.packsWritten) (\(r.chunksMoved) chunks moved), \(r.packsQuarantined) with damaged chunks moved to quarantine")
+        Swift.print("\(Output.count(r.snapshots, "snapshot")) \(r.snapshots == 1 ? "references" : "reference") \(Output.count(r.chunksLive, "chunk"))")
+        Swift.print("packs: \(r.packsKept) kept, \(r.packsDeleted) deleted, \(r.packsRepacked) rewritten into \(r.packsWritten) (\(Output.count(r.chunksMoved, "chunk")) moved), \(r.packsQuarantined) with damaged chunks moved to quarantine")
         Swift.print("index files: \(r.indexFilesDeleted) replaced by \(r.indexFilesWritten); disk maps deleted: \(r.diskMapsDeleted); map pages deleted: \(r.mapPagesDeleted); leftovers deleted: \(r.leftoversDeleted)")
         Swift.print("\(verb) \(Output.bytes(r.bytesFreed)) (\(Output.bytes(r.bytesBefore)) before) in \(String(format: "%.2f", r.seconds))s")
     }

@@ -22,11 +22,11 @@ struct RepairCommand: ParsableCommand {
             let report = try reportingErrors(json: json) {
                 let lock = try MaintenanceLock(path: repository.path, kind: .exclusive, wait: wait)
                 defer { lock.release() }
-                return try RepositoryRepair.rebuildIndex(lock.repository, log: { Output.error($0) })
+                return try RepositoryRepair.rebuildIndex(lock.repository, log: { Output.note($0) })
             }
             if json { printJSONLine(report); return }
-            print("indexed \(report.chunksIndexed) chunks from \(report.packs) packs (\(report.packsWalked) walked past a damaged trailer, \(report.chunksSkipped) damaged copies left out)")
-            print("wrote \(report.indexFilesWritten) index file, deleted \(report.indexFilesDeleted) old ones")
+            print("indexed \(Output.count(report.chunksIndexed, "chunk")) from \(Output.count(report.packs, "pack")) (\(report.packsWalked) walked past a damaged trailer, \(Output.count(report.chunksSkipped, "damaged copy", "damaged copies")) left out)")
+            print("wrote \(Output.count(report.indexFilesWritten, "index file")), deleted \(Output.count(report.indexFilesDeleted, "old one"))")
         }
     }
 
@@ -61,13 +61,13 @@ struct RepairCommand: ParsableCommand {
                 printJSONLine(Summary(damaged: damaged.count, forgotten: forget ? damaged.count : 0))
             } else {
                 for d in damaged {
-                    let what = d.lost.isEmpty ? "the whole snapshot" : "\(Output.bytes(d.lost.totalLength)) in \(d.lost.count) ranges: "
+                    let what = d.lost.isEmpty ? "the whole snapshot" : "\(Output.bytes(d.lost.totalLength)) in \(Output.count(d.lost.count, "range")): "
                         + d.lost.prefix(8).map(\.description).joined(separator: " ")
                     print("snapshot \(d.snapshot) (disk \(d.disk)) lost \(what)\(forget ? " — forgotten" : "")")
                     for c in d.causes.prefix(4) { print("  because \(c)") }
                 }
                 print(damaged.isEmpty ? "every snapshot can be restored whole"
-                      : "\(damaged.count) snapshots cannot be restored whole\(forget ? "; forgotten (run `tessera prune` to free their data)" : "; `--forget` deletes them")")
+                      : "\(Output.count(damaged.count, "snapshot")) cannot be restored whole\(forget ? "; forgotten (run `tessera prune` to free their data)" : "; `--forget` deletes them")")
             }
             if !damaged.isEmpty && !forget { throw ExitCode(ExitCodes.failed) }
         }

@@ -56,7 +56,7 @@ struct SnapshotsCommand: ParsableCommand {
             print(pad(String(r.id.prefix(8)), 10) + pad(r.disk, 14) + pad(r.time, 22) + pad(Output.bytes(r.size), 12)
                   + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (r.changeID ?? "-"))
         }
-        print("\(rows.count) snapshots")
+        print(Output.count(rows.count, "snapshot"))
     }
 }
 

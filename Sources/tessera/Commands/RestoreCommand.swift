@@ -49,7 +49,12 @@ struct RestoreCommand: ParsableCommand {
             try repository.withRepository(reading: lockOptions.locking) { repo in
                 let record = try RepositoryAccess.resolve(repo, snapshot, disk: disk)
                 let map = try RepositoryAccess.readMap(repo, record)
-                let target = try RestoreTarget.prepare(path: to, format: format, size: record.diskSize, mode: mode)
+                let target: RestoreTarget
+                do {
+                    target = try RestoreTarget.prepare(path: to, format: format, size: record.diskSize, mode: mode)
+                } catch let e as AgentError where e.code == .targetExists {
+                    throw AgentError(.targetExists, e.message + " (--force replaces it, --only-changed updates it)", cause: e)
+                }
                 for note in target.notes { Output.note(note) }
                 do {
                     return try RestoreJob(repository: repo, snapshot: record, map: map, settings: settings,

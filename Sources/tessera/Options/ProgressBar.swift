@@ -41,7 +41,8 @@ final class ProgressBar: Sendable {
         let width = 30
         let filled = Int(fraction * Double(width))
         let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-        let line = String(format: "\r%@ [%@] %3.0f%% %@ / %@  %@/s  ETA %@ ", label, bar, fraction * 100,
+        // ESC[K clears what a longer earlier line left on the right.
+        let line = String(format: "\r%@ [%@] %3.0f%% %@ / %@  %@/s  ETA %@\u{1B}[K", label, bar, fraction * 100,
                           Output.bytes(p.bytesDone), Output.bytes(p.bytesPlanned), Output.bytes(UInt64(rate)),
                           Output.duration(eta))
         FileHandle.standardError.write(Data(line.utf8))
