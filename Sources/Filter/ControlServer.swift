@@ -133,10 +133,14 @@ public final class ControlServer: Sendable {
             return (s.listener, s.socketFile, Array(s.connections.values), !s.stopping)
         }
         guard first else { return }
+        // Every connection is told first (new ones are refused from now on): by the time the
+        // socket file is gone, no queued request will start any more.
+        for c in connections {
+            try? await c.eventLoop.submit { c.pipeline.fireUserInboundEventTriggered(ControlDrainEvent()) }.get()
+        }
         // Removed while still listening, so it cannot be a successor's socket.
         if let file { UnixSocketFile.remove(path, ifStill: file) }
         try? await listener?.close()
-        for c in connections { c.pipeline.fireUserInboundEventTriggered(ControlDrainEvent()) }
         for c in connections { try? await c.closeFuture.get() }
         try? await pool.shutdownGracefully()
         try? await queryPool.shutdownGracefully()

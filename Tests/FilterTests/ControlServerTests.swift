@@ -228,7 +228,8 @@ struct ControlServerTests {
             throw error
         }
         let stopping = Task { await server.stop() }
-        // The socket file goes first, before the server waits for its connections.
+        // The socket file goes once every connection was told to drain, before the server
+        // waits for them: from then on the queued STATUS cannot start.
         while FileManager.default.fileExists(atPath: s.socket) { try await Task.sleep(for: .milliseconds(1)) }
         proceed.signal()
         await stopping.value
