@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "ChangeTrackingTests", dependencies: ["ChangeTracking", "TrackerControl", "BlockIO", "TestSupport"]),
         .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockIO", "TestSupport", nioCore, nioPosix]),
         .testTarget(name: "BackupRepositoryTests", dependencies: ["BackupRepository", "Codecs", "BlockIO", "TestSupport"]),
-        .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport"]),
+        .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport", nioCore]),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
     ]

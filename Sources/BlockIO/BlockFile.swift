@@ -34,6 +34,10 @@ public struct BlockIOError: Error, CustomStringConvertible, Sendable {
         switch errno {
         case .noSuchFileOrDirectory:
             return BlockIOError(.notFound, "\(path): no such file; check the path", errno: errno)
+        case .notDirectory:
+            return BlockIOError(.notFound, "\(path): no such file (a component of the path is not a directory); check the path", errno: errno)
+        case .isDirectory:
+            return BlockIOError(.invalidArgument, "\(path): is a directory; give the path of a file", errno: errno)
         case .permissionDenied, .notPermitted:
             return BlockIOError(.permissionDenied, "\(path): permission denied while trying to \(what)", errno: errno)
         case .noSpace:

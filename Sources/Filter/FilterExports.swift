@@ -46,23 +46,6 @@ public struct FilterExportProvider: NBDExportProvider {
     }
 }
 
-/// Maps filter and tracker errors to NBD errno values.
-func nbdError(_ error: any Error) -> any Error {
-    if error is NBDError { return error }
-    if let e = error as? FilterError {
-        switch e.code {
-        case .invalidArgument: return NBDError(.invalid, e.message)
-        case .noCheckpoint: return NBDError(.io, e.message)
-        default: return NBDError(.io, e.message)
-        }
-    }
-    if let e = error as? BlockIOError { return NBDError(e) }
-    if let e = error as? TrackerError {
-        return NBDError(e.code == .invalidArgument ? .invalid : .io, e.message)
-    }
-    return NBDError(.io, "\(error)")
-}
-
 /// Turns (range, flags) pieces covering a request into NBD extents (lengths fit in 32 bits
 /// because a request's length does).
 func blockStatusExtents(_ pieces: [(ByteRange, UInt32)]) -> [NBDBlockStatusExtent] {
@@ -103,7 +86,7 @@ struct LiveExport: NBDExport {
     }
 
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        do { try disk.read(offset: offset, into: buffer) } catch { throw nbdError(error) }
+        try disk.read(offset: offset, into: buffer)
     }
 
     func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
@@ -111,34 +94,34 @@ struct LiveExport: NBDExport {
     }
 
     func write(offset: UInt64, data: UnsafeRawBufferPointer, fua: Bool) throws {
-        do { try disk.write(offset: offset, bytes: data, fua: fua) } catch { throw nbdError(error) }
+        try disk.write(offset: offset, bytes: data, fua: fua)
     }
 
     func trim(offset: UInt64, length: UInt32, fua: Bool) throws {
-        do { try disk.zero(ByteRange(offset: offset, length: UInt64(length)), noHole: false, fua: fua) } catch { throw nbdError(error) }
+        try disk.zero(ByteRange(offset: offset, length: UInt64(length)), noHole: false, fua: fua)
     }
 
     func writeZeroes(offset: UInt64, length: UInt32, noHole: Bool, fua: Bool) throws {
-        do { try disk.zero(ByteRange(offset: offset, length: UInt64(length)), noHole: noHole, fua: fua) } catch { throw nbdError(error) }
+        try disk.zero(ByteRange(offset: offset, length: UInt64(length)), noHole: noHole, fua: fua)
     }
 
     func flush() throws {
-        do { try disk.flush() } catch { throw nbdError(error) }
+        try disk.flush()
     }
 
     func blockStatus(context: String, offset: UInt64, length: UInt32) throws -> [NBDBlockStatusExtent] {
         let request = ByteRange(offset: offset, length: UInt64(length))
-        do {
-            switch context {
-            case "base:allocation":
-                return blockStatusExtents(try disk.allocation(in: request, checkpointView: false))
-            case "qemu:dirty-bitmap:active":
-                return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .active, in: request), request: request))
-            default:
-                throw NBDError(.invalid, "export \(disk.name) has no meta context \(context)")
-            }
-        } catch { throw nbdError(error) }
+        switch context {
+        case "base:allocation":
+            return blockStatusExtents(try disk.allocation(in: request, checkpointView: false))
+        case "qemu:dirty-bitmap:active":
+            return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .active, in: request), request: request))
+        default:
+            throw NBDError(.invalid, "export \(disk.name) has no meta context \(context)")
+        }
     }
+
+    func nbdError(for error: any Error) -> NBDError { WireErrors.nbd(error) }
 }
 
 /// `NAME@checkpoint` as one connection sees it: bound to the checkpoint that was open when
@@ -167,7 +150,7 @@ final class CheckpointExport: NBDExport {
     }
 
     func read(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        do { try disk.readCheckpoint(checkpointID, offset: offset, into: buffer) } catch { throw nbdError(error) }
+        try disk.readCheckpoint(checkpointID, offset: offset, into: buffer)
     }
 
     func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
@@ -190,19 +173,19 @@ final class CheckpointExport: NBDExport {
 
     func blockStatus(context: String, offset: UInt64, length: UInt32) throws -> [NBDBlockStatusExtent] {
         let request = ByteRange(offset: offset, length: UInt64(length))
-        do {
-            // Under the disk's I/O lock, so a release cannot start between the check and the answer.
-            return try disk.io.withShared {
-                try disk.requireReadable(checkpointID)
-                switch context {
-                case "base:allocation":
-                    return blockStatusExtents(try disk.allocation(in: request, checkpointView: true))
-                case "qemu:dirty-bitmap:checkpoint":
-                    return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .checkpoint, in: request), request: request))
-                default:
-                    throw NBDError(.invalid, "export \(disk.name)@checkpoint has no meta context \(context)")
-                }
+        // Under the disk's I/O lock, so a release cannot start between the check and the answer.
+        return try disk.io.withShared {
+            try disk.requireReadable(checkpointID)
+            switch context {
+            case "base:allocation":
+                return blockStatusExtents(try disk.allocation(in: request, checkpointView: true))
+            case "qemu:dirty-bitmap:checkpoint":
+                return blockStatusExtents(dirtyPieces(try disk.changedExtents(view: .checkpoint, in: request), request: request))
+            default:
+                throw NBDError(.invalid, "export \(disk.name)@checkpoint has no meta context \(context)")
             }
-        } catch { throw nbdError(error) }
+        }
     }
+
+    func nbdError(for error: any Error) -> NBDError { WireErrors.nbd(error) }
 }

@@ -35,7 +35,7 @@ public final class FilterService: Sendable {
         do {
             stateLock = try FileLock.acquire("\(stateDirectory)/\(Self.lockFileName)", create: true, writePid: true)
         } catch let held as FileLock.Held {
-            throw FilterError(.busy, "the state directory \(stateDirectory) is in use by \(held.pid.map { "process \($0)" } ?? "another process") (a running `tessera filter serve`); stop it first, or give this filter its own --state-dir")
+            throw FilterError(.busy, "the state directory \(stateDirectory) is in use by \(held.pid.map { "process \($0)" } ?? "another process") (a running `tessera filter serve`); stop it first, or give this filter its own --state-dir", cause: held)
         }
     }
 
@@ -80,9 +80,9 @@ public final class FilterService: Sendable {
                                            configuration: configuration)
         } catch let held as FilteredDisk.DiskFileHeld where held.pid == getpid() {
             let other = disks.withLock { $0.attached.values.first { $0.holdsFile(held.path) }?.name }
-            throw FilterError(.diskExists, "\(held.path) is already attached as disk '\(other ?? "?")'; one file can be attached once (writes through one name would not be tracked for the other)")
+            throw FilterError(.diskExists, "\(held.path) is already attached as disk '\(other ?? "?")'; one file can be attached once (writes through one name would not be tracked for the other)", cause: held)
         } catch let held as FilteredDisk.DiskFileHeld {
-            throw FilterError(.busy, held.description)
+            throw FilterError(.busy, held.description, cause: held)
         }
         disks.withLock { $0.attached[name] = disk }
         for note in disk.attachNotes { logger.notice("disk \(name): \(note)") }
@@ -120,6 +120,9 @@ public final class FilterService: Sendable {
     // MARK: - Control requests
 
     /// Handles one control request: decodes its payload, acts, encodes the reply.
+    ///
+    /// - Throws: whatever went wrong, as it was thrown (a `TrackerError`, a `BlockIOError`...):
+    ///   the control server turns it into a status and a message (`WireErrors.control`).
     public func handle(_ request: ControlProtocol.Request, _ payload: [UInt8]) throws -> [UInt8] {
         typealias P = ControlProtocol
         switch request {
@@ -137,7 +140,7 @@ public final class FilterService: Sendable {
         case .checkpoint:
             let r = try P.decode(P.CheckpointRequest.self, payload, request: request)
             let d = try disk(named: r.disk)
-            let info = try mapTrackerError { try d.checkpoint(owner: r.owner) }
+            let info = try d.checkpoint(owner: r.owner)
             logger.info("disk \(d.name): checkpoint \(info.changeID)")
             return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
                                               previous: info.previous?.description,
@@ -157,7 +160,7 @@ public final class FilterService: Sendable {
             let length = min(r.length ?? (d.size - offset), d.size - offset)
             // With a checkpoint open the tracker describes the frozen base, which is what the
             // agent reads: blocks written since are reported changed, never "reads as zero".
-            let page = try mapTrackerError { try d.tracker.changes(since: since, in: ByteRange(offset: offset, length: length)) }
+            let page = try d.tracker.changes(since: since, in: ByteRange(offset: offset, length: length))
             return P.encode(P.QueryChangesReply(
                 disk: d.name, since: r.since,
                 extents: page.extents.map { P.Extent(offset: $0.range.offset, length: $0.range.length, zero: $0.readsAsZero) },
@@ -165,35 +168,15 @@ public final class FilterService: Sendable {
         case .release:
             let r = try P.decode(P.ReleaseRequest.self, payload, request: request)
             let d = try disk(named: r.disk)
-            try mapTrackerError { try d.release(commit: r.commit) }
+            try d.release(commit: r.commit)
             logger.info("disk \(d.name): checkpoint released (\(r.commit ? "commit" : "abort"))")
             return P.encode(d.status())
         case .reset:
             let r = try P.decode(P.ResetRequest.self, payload, request: request)
             let d = try disk(named: r.disk)
-            try mapTrackerError { try d.tracker.reset(reason: r.reason ?? "reset requested through the control endpoint") }
+            try d.tracker.reset(reason: r.reason ?? "reset requested through the control endpoint")
             logger.notice("disk \(d.name): tracking reset, new generation")
             return P.encode(d.status())
-        }
-    }
-
-
-    /// Tracker errors keep their meaning on the wire (a full read is required, ...).
-    private func mapTrackerError<T>(_ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let e as TrackerError {
-            throw FilterError(FilterService.filterCode(for: e), e.message)
-        }
-    }
-
-    static func filterCode(for error: TrackerError) -> FilterError.Code {
-        switch error.code {
-        case .fullReadRequired: return .fullReadRequired
-        case .invalidArgument: return .invalidArgument
-        case .checkpointOpen: return .checkpointOpen
-        case .noCheckpoint: return .noCheckpoint
-        default: return .io
         }
     }
 }

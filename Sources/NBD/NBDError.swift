@@ -57,7 +57,8 @@ public struct NBDError: Error, CustomStringConvertible, Sendable, Equatable {
         }
     }
 
-    /// Any error thrown by an export, as the NBD error it becomes on the wire.
+    /// Any error thrown by an export, as the NBD error it becomes on the wire: the default of
+    /// `NBDExport.nbdError(for:)`.
     static func from(_ error: any Error) -> NBDError {
         if let e = error as? NBDError { return e }
         if let e = error as? BlockIOError { return NBDError(e) }

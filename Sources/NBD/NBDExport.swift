@@ -72,8 +72,10 @@ public struct NBDBlockStatusExtent: Sendable, Equatable, Hashable {
 /// All methods but `readIfCached` are called on a thread pool and may block; several may run
 /// at once, also for the same connection. The server sends a request's reply only after its call returned, so
 /// an export that records a change before writing (the filter) keeps "mark before acknowledge".
-/// Throw `NBDError` to choose the errno the client sees; any other error becomes `EIO`
-/// (`BlockIOError` maps by its code).
+/// What the client sees of an error is decided in one place, `nbdError(for:)`, which the server
+/// calls for every error a call threw: the default passes `NBDError` through, maps
+/// `BlockIOError` by its code and makes anything else `EIO`; an export with errors of its own
+/// (the filter's) gives its own mapping instead of catching in every method.
 public protocol NBDExport: Sendable {
     var info: NBDExportInfo { get }
     /// Fills `buffer` with the bytes at `offset` (`buffer.count` bytes, at most 32 MiB).
@@ -94,10 +96,13 @@ public protocol NBDExport: Sendable {
     /// The server drops zero-length extents, clips the list to the request and refuses an empty
     /// answer with `EIO` (it never invents a status of 0: for a dirty bitmap 0 means clean).
     func blockStatus(context: String, offset: UInt64, length: UInt32) throws -> [NBDBlockStatusExtent]
+    /// The NBD error (so the errno on the wire) for an error one of the calls above threw.
+    func nbdError(for error: any Error) -> NBDError
 }
 
 extension NBDExport {
     public func readIfCached(offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool { false }
+    public func nbdError(for error: any Error) -> NBDError { NBDError.from(error) }
 }
 
 /// The set of exports a server offers.

@@ -64,6 +64,10 @@ public final class NBDServer: Sendable {
         threadPool.start()
     }
 
+    /// The server's event loop, lent to other servers of the same process (the filter's control
+    /// endpoint): they must stop before `shutdown()`, which ends it.
+    public var eventLoopGroup: any EventLoopGroup { group }
+
     /// Starts listening on a Unix socket, created with mode 0600.
     ///
     /// - Throws: `NBDError(.addressInUse)` when a live server listens on `path` (it is left

@@ -79,7 +79,7 @@ package enum NBDTransmission {
             }
             return NBDReply.success(cookie: r.cookie, structured: structured, allocator: allocator)
         } catch {
-            return NBDReply.error(NBDError.from(error), cookie: r.cookie, structured: structured, allocator: allocator)
+            return NBDReply.error(export.nbdError(for: error), cookie: r.cookie, structured: structured, allocator: allocator)
         }
     }
 

@@ -5,7 +5,7 @@ import Glibc
 
 /// A blocking client for the control endpoint, used by `tessera filter ...` and the agent.
 public final class ControlClient {
-    private let fd: Int32
+    private var fd: Int32
     private var nextID: UInt32 = 1
     public let path: String
 
@@ -17,12 +17,32 @@ public final class ControlClient {
     deinit { close(fd) }
 
     /// Sends one request and returns its JSON reply; an error reply is thrown as `FilterError`.
+    ///
+    /// The filter closes a connection that sent nothing for a while (docs/CONTROL.md); a client
+    /// kept across a long backup finds its connection closed and connects again before
+    /// sending, so a request is never lost, nor sent twice.
     public func send(_ request: ControlProtocol.Request, payload: [UInt8]) throws -> [UInt8] {
+        if ControlSocket.closedByPeer(fd) {
+            close(fd)
+            fd = -1
+            fd = try ControlSocket.connect(path: path)
+        }
         let id = nextID
         nextID &+= 1
         let header = ControlProtocol.Header(magic: ControlProtocol.requestMagic, number: request.rawValue,
                                             id: id, length: UInt32(payload.count))
-        try ControlSocket.writeAll(fd, header.bytes + payload)
+        do {
+            try ControlSocket.writeAll(fd, header.bytes + payload)
+        } catch {
+            // A filter that refused the connection (it serves too many) answered and closed at
+            // once: its answer says why, and is worth more than "broken pipe".
+            guard let refusal = try? readReply() else { throw error }
+            return try check(refusal)
+        }
+        return try check(try readReply())
+    }
+
+    private func readReply() throws -> (header: ControlProtocol.Header, body: [UInt8]) {
         guard let replyHeaderBytes = try ControlSocket.readExactly(fd, ControlProtocol.headerSize) else {
             throw FilterError(.unreachable, "the filter at \(path) closed the connection without replying")
         }
@@ -30,12 +50,15 @@ public final class ControlClient {
         guard reply.magic == ControlProtocol.responseMagic, reply.length <= ControlProtocol.maxResponsePayload else {
             throw FilterError(.badRequest, "\(path) did not answer in the Tessera control protocol; is it a control socket?")
         }
-        let body = try ControlSocket.readExactly(fd, Int(reply.length)) ?? []
-        if reply.number != 0 {
-            let err = try? JSONDecoder().decode(ControlProtocol.ErrorReply.self, from: Data(body))
-            throw FilterError(ControlProtocol.code(forStatus: reply.number), err?.error ?? "request failed with status \(reply.number)")
+        return (reply, try ControlSocket.readExactly(fd, Int(reply.length)) ?? [])
+    }
+
+    private func check(_ reply: (header: ControlProtocol.Header, body: [UInt8])) throws -> [UInt8] {
+        if reply.header.number != 0 {
+            let err = try? JSONDecoder().decode(ControlProtocol.ErrorReply.self, from: Data(reply.body))
+            throw FilterError(ControlProtocol.code(forStatus: reply.header.number), err?.error ?? "request failed with status \(reply.header.number)")
         }
-        return body
+        return reply.body
     }
 
     func call<Reply: Decodable>(_ request: ControlProtocol.Request, _ payload: some Encodable, as: Reply.Type) throws -> Reply {

@@ -45,12 +45,16 @@ public enum ControlProtocol {
         case .io: return 11
         case .busy: return 12
         case .unreachable: return 13
+        case .notFound: return 14
+        case .permission: return 15
         }
     }
 
+    /// The code of a status number; a number this client does not know reads as `io`.
     public static func code(forStatus status: UInt16) -> FilterError.Code {
         for code in [FilterError.Code.badRequest, .unknownRequest, .unsupportedVersion, .unknownDisk, .diskExists,
-                     .checkpointOpen, .noCheckpoint, .fullReadRequired, .invalidArgument, .damaged, .io, .busy, .unreachable]
+                     .checkpointOpen, .noCheckpoint, .fullReadRequired, .invalidArgument, .damaged, .io, .busy, .unreachable,
+                     .notFound, .permission]
         where statusNumber(code) == status {
             return code
         }
@@ -205,7 +209,7 @@ public enum ControlProtocol {
         do {
             return try JSONDecoder().decode(T.self, from: Data(bytes))
         } catch {
-            throw FilterError(.badRequest, "the \(request) request's payload is not valid JSON of the expected shape (\(error)); see docs/CONTROL.md")
+            throw FilterError(.badRequest, "the \(request) request's payload is not valid JSON of the expected shape (\(error)); see docs/CONTROL.md", cause: error)
         }
     }
 }

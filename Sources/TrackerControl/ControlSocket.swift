@@ -22,6 +22,16 @@ package enum ControlSocket {
         return fd
     }
 
+    /// Whether the other side has closed the connection (end of stream or reset), without
+    /// waiting and without consuming anything: bytes waiting to be read mean it has not.
+    package static func closedByPeer(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, 0) == 1 else { return false }
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_PEEK) | Int32(MSG_DONTWAIT))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    }
+
     /// Reads exactly `count` bytes; nil on a clean end of stream before the first byte.
     package static func readExactly(_ fd: Int32, _ count: Int) throws -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: count)

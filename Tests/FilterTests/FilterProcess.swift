@@ -17,17 +17,21 @@ final class FilterProcess: @unchecked Sendable {
     let diskName: String
     let diskPath: String
     let extraArguments: [String]
+    /// A command the filter runs under, e.g. `setpriv` with its options (empty: run it directly).
+    let launcher: [String]
     var socketPath: String { directory.file("nbd.sock") }
     var controlPath: String { directory.file("ctl.sock") }
     var stateDirectory: String { directory.file("state") }
     var logPath: String { directory.file("filter.log") }
     private(set) var process: Process?
 
-    init(directory: TemporaryDirectory, diskName: String = "d0", diskPath: String, extraArguments: [String] = []) {
+    init(directory: TemporaryDirectory, diskName: String = "d0", diskPath: String, extraArguments: [String] = [],
+         launcher: [String] = []) {
         self.directory = directory
         self.diskName = diskName
         self.diskPath = diskPath
         self.extraArguments = extraArguments
+        self.launcher = launcher
     }
 
     deinit { if let process, process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
@@ -40,9 +44,15 @@ final class FilterProcess: @unchecked Sendable {
     func start() throws {
         if let process, process.isRunning { throw HarnessFailure(description: "start(): the filter is already running") }
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: BuiltProducts.executable("tessera"))
-        p.arguments = ["filter", "serve", "--disk", "\(diskName)=\(diskPath)", "--socket", socketPath,
-                       "--control", controlPath, "--state-dir", stateDirectory] + extraArguments
+        let arguments = ["filter", "serve", "--disk", "\(diskName)=\(diskPath)", "--socket", socketPath,
+                         "--control", controlPath, "--state-dir", stateDirectory] + extraArguments
+        if let program = launcher.first {
+            p.executableURL = URL(fileURLWithPath: program)
+            p.arguments = Array(launcher.dropFirst()) + [BuiltProducts.executable("tessera")] + arguments
+        } else {
+            p.executableURL = URL(fileURLWithPath: BuiltProducts.executable("tessera"))
+            p.arguments = arguments
+        }
         if !FileManager.default.fileExists(atPath: logPath) {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         }
@@ -94,6 +104,9 @@ final class FilterProcess: @unchecked Sendable {
     }
 
     var isRunning: Bool { process?.isRunning ?? false }
+
+    /// The filter's pid (0 before `start()`).
+    var pid: Int32 { process?.processIdentifier ?? 0 }
 
     func client() throws -> ControlClient { try ControlClient(path: controlPath) }
 

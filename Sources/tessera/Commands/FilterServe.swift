@@ -44,6 +44,9 @@ struct FilterServe: AsyncParsableCommand {
     @Option(help: "Activity log extent size (a power of two, at least the granularity).") var activityLogExtent: ByteCount = ByteCount(bytes: 4 << 20)
     @Option(help: "Activity log slots.") var activityLogSlots: Int = 1024
     @Option(help: "Seconds between periodic writes of the tracking state.") var persistInterval: Int = 30
+    @Option(help: ArgumentHelp("Seconds a control connection may send nothing before it is closed.", discussion: """
+        Only while none of its requests runs; `tessera` clients reconnect by themselves.
+        """)) var controlIdleTimeout: Int = Int(ControlServer.defaultIdleTimeout.components.seconds)
 
     func validate() throws {
         if disks.isEmpty { throw ValidationError("give at least one --disk NAME=PATH") }
@@ -56,6 +59,7 @@ struct FilterServe: AsyncParsableCommand {
             throw ValidationError("--payload-budget must be from 32M (the largest WRITE) to 1T, not \(payloadBudget)")
         }
         if payloadStallTimeout < 1 { throw ValidationError("--payload-stall-timeout must be at least 1 second") }
+        if controlIdleTimeout < 1 { throw ValidationError("--control-idle-timeout must be at least 1 second") }
     }
 
     func run() async throws {
@@ -87,16 +91,19 @@ struct FilterServe: AsyncParsableCommand {
         let termination = TerminationSignals()
         let server = NBDServer(provider: FilterExportProvider(service: service), logger: logger,
                                payloadBudget: Int(payloadBudget.bytes), payloadStallTimeout: .seconds(Int64(payloadStallTimeout)))
-        let controlServer = ControlServer(path: control, logger: logger) { try service.handle($0, $1) }
+        // On the NBD server's event loop: it stops before the NBD server does.
+        let controlServer = ControlServer(path: control, logger: logger, group: server.eventLoopGroup,
+                                          idleTimeout: .seconds(controlIdleTimeout)) { try service.handle($0, $1) }
         var tcpEndpoint: (host: String, port: Int)?
         do {
             try await server.start(unixSocket: socket)
             if let tcp, let (host, port) = NBDServer.parseTCPAddress(tcp) {
                 tcpEndpoint = (host, try await server.start(host: host, port: port, allowRemote: tcpAllowRemote))
             }
-            try controlServer.start()
+            try await controlServer.start()
         } catch {
             Output.error("\(error)")
+            await controlServer.stop()
             try? await server.shutdown()
             service.closeAll()
             throw ExitCode.failure
@@ -122,7 +129,7 @@ struct FilterServe: AsyncParsableCommand {
         await termination.wait()
         logger.info("stopping: finishing in-flight requests")
         persister.cancel()
-        controlServer.stop()
+        await controlServer.stop()
         try? await server.shutdown()
         service.closeAll()
         print("stopped cleanly")
