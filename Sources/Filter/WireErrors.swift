@@ -58,7 +58,7 @@ enum WireErrors {
             switch e.code {
             case .notFound: return .notFound
             case .permissionDenied: return .permission
-            case .invalidArgument: return .invalidArgument
+            case .invalidArgument, .notRegularFile: return .invalidArgument
             case .corrupt: return .damaged
             case .noSpace, .shortRead, .io: return .io
             }
