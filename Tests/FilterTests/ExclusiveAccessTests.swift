@@ -167,4 +167,36 @@ struct ExclusiveAccessTests {
             #expect(try f.stop() == 0)
         }
     }
+
+    /// Trust item 4, end to end: `restore --only-changed` or `--force` into the disk a running
+    /// filter serves is refused (the filter holds the file), and the disk is untouched; the
+    /// next backup through the filter still restores exactly the disk.
+    @Test
+    func aRestoreIntoADiskTheFilterServesIsRefused() throws {
+        let dir = try TemporaryDirectory("filter-restore-refused")
+        let diskPath = dir.file("disk.raw")
+        let model = try makeDisk(diskPath, size: Self.size, seed: 8)
+        let repo = dir.file("repo")
+        try Tessera.ok(["init", "--repo", repo])
+        let filter = FilterProcess(directory: dir, diskPath: diskPath)
+        try withFilter(filter) { f in
+            let pid = try #require(f.process?.processIdentifier)
+            let first = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d0", "--filter", f.controlPath, "--json"]))
+            let snapshot = try #require(first["snapshot"] as? String)
+            // An older disk image of the same VM, as an operator would restore by mistake.
+            try InteropTests.qemuIO(f.uri, ["write -P 0x42 0 65536", "flush"])
+            let before = try fileBytes(diskPath)
+            for mode in ["--only-changed", "--force"] {
+                let r = try Tessera.run(["restore", "--repo", repo, snapshot, "--to", diskPath, mode])
+                #expect(r.status == 1 && r.stderr.contains("process \(pid)") && r.stderr.contains("filter"),
+                        "restore \(mode) into the served disk: exit \(r.status), \(r.stderr)")
+                #expect(try fileBytes(diskPath) == before, "restore \(mode) wrote to the disk the filter serves")
+            }
+            let next = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d0", "--filter", f.controlPath, "--json"]))
+            let restored = try Tessera.restore(repo: repo, snapshot: try #require(next["snapshot"] as? String), scratch: dir.path)
+            #expect(Array(restored) == before, "the next backup does not restore the disk")
+            #expect(model.bytes != before)
+            #expect(try f.stop() == 0)
+        }
+    }
 }
