@@ -89,7 +89,7 @@ public struct FilterChangeSource: ChangeSource {
             return "disk \(disk) has checkpoint \(open.changeID) open, taken by an unknown holder; if nothing is reading it, run `\(release)` (nothing is lost)"
         }
         if let pid = owner.pid {
-            return "a backup of disk \(disk) is running (process \(pid) on \(owner.host) holds checkpoint \(open.changeID)); wait for it to finish"
+            return "process \(pid) on \(owner.host) holds checkpoint \(open.changeID) of disk \(disk) (a backup that is running, or a script that took it with --owner-pid); wait for it to finish"
         }
         return "disk \(disk) has checkpoint \(open.changeID) open, held by \(owner.holderDescription); when its reader is done, release it (`\(release)`), or wait for the lease to run out"
     }

@@ -63,6 +63,11 @@ public final class RestoreTarget: Sendable {
         if isDirectory.boolValue || path.hasSuffix("/") {
             throw AgentError(.target, "\(path) is a directory; give the file to restore into, e.g. \(path.hasSuffix("/") ? path : path + "/")disk.\(format == .vmdk ? "vmdk" : "raw")")
         }
+        let folder = DurableFile.parentDirectory(of: path)
+        var folderIsDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &folderIsDirectory), folderIsDirectory.boolValue else {
+            throw AgentError(.target, "the folder \(folder) does not exist; create it, or restore somewhere else")
+        }
         let locks = try exists ? hold(path, format: format) : []
         do {
             switch mode {

@@ -44,7 +44,7 @@ public final class FilterService: Sendable {
         let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
         guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix("."),
               name != lockFileName else {
-            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'")
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' (and not '\(lockFileName)', the filter's lock file)")
         }
     }
 
