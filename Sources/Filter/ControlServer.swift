@@ -1,5 +1,6 @@
 import BlockIO
 import Logging
+import NBD
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -156,22 +157,8 @@ public final class ControlServer: Sendable {
             .childChannelOption(.writeBufferWaterMark, value: ChannelOptions.Types.WriteBufferWaterMark(low: 64 << 10, high: 256 << 10))
             .childChannelInitializer { [weak self] channel in
                 guard let self else { return channel.close() }
-                guard let options = channel as? any SocketOptionProvider else {
-                    logger.warning("control endpoint: \(UnixSocketFile.refusal(nil, socket: path))")
-                    return channel.close()
-                }
-                let credentials: EventLoopFuture<UnixSocketFile.RawCredentials> = options.unsafeGetSocketOption(
-                    level: .socket, name: NIOBSDSocket.Option(rawValue: SO_PEERCRED))
-                return credentials.flatMap { raw in
-                    let peer = UnixSocketFile.Peer(raw)
-                    guard UnixSocketFile.mayConnect(peer) else {
-                        logger.warning("control endpoint: \(UnixSocketFile.refusal(peer, socket: path))")
-                        return channel.close()
-                    }
-                    return channel.eventLoop.makeCompletedFuture { try self.admit(channel) }
-                }.flatMapError { error in
-                    logger.warning("control endpoint: \(UnixSocketFile.refusal(nil, socket: path)) (\(error))")
-                    return channel.close()
+                return PeerCredentials.admit(channel, socket: path, logger: logger, label: "control endpoint") {
+                    try self.admit(channel)
                 }
             }
     }

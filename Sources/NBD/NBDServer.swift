@@ -215,23 +215,7 @@ public final class NBDServer: Sendable {
                                             timeout: handshakeTimeout, budget: budget, stallTimeout: stallTimeout))
                 }
                 guard let socketPath else { return channel.eventLoop.makeCompletedFuture { try setUp() } }
-                guard let options = channel as? any SocketOptionProvider else {
-                    logger.warning("\(UnixSocketFile.refusal(nil, socket: socketPath))")
-                    return channel.close()
-                }
-                let credentials: EventLoopFuture<UnixSocketFile.RawCredentials> = options.unsafeGetSocketOption(
-                    level: .socket, name: NIOBSDSocket.Option(rawValue: SO_PEERCRED))
-                return credentials.flatMap { raw in
-                    let peer = UnixSocketFile.Peer(raw)
-                    guard UnixSocketFile.mayConnect(peer) else {
-                        logger.warning("\(UnixSocketFile.refusal(peer, socket: socketPath))")
-                        return channel.close()
-                    }
-                    return channel.eventLoop.makeCompletedFuture { try setUp() }
-                }.flatMapError { error in
-                    logger.warning("\(UnixSocketFile.refusal(nil, socket: socketPath)) (\(error))")
-                    return channel.close()
-                }
+                return PeerCredentials.admit(channel, socket: socketPath, logger: logger, setUp: setUp)
             }
     }
 

@@ -98,8 +98,8 @@ struct IncompleteWriteTests {
     final class Attack {
         let process = Process()
         private let input = Pipe(), output = Pipe()
-        private var pending = Data()
-        private(set) var lines: [String] = []
+        private let reader: LineReader
+        var lines: [String] { reader.lines }
 
         init(scriptPath: String, socket: String, export: String, mode: String) throws {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
@@ -108,22 +108,13 @@ struct IncompleteWriteTests {
             process.standardInput = input
             process.standardOutput = output
             process.standardError = output
+            reader = LineReader(output.fileHandleForReading)
             try process.run()
         }
 
         /// Reads until `count` lines start with `prefix`; false if the script ended first.
         func wait(count: Int, prefix: String) -> Bool {
-            let handle = output.fileHandleForReading
-            while lines.filter({ $0.hasPrefix(prefix) }).count < count {
-                let chunk = handle.availableData
-                if chunk.isEmpty { return false }
-                pending.append(chunk)
-                while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    lines.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
-                    pending.removeSubrange(pending.startIndex...newline)
-                }
-            }
-            return true
+            reader.wait { lines in lines.filter { $0.hasPrefix(prefix) }.count >= count }
         }
 
         /// Lets every client send its last byte.

@@ -13,8 +13,8 @@ final class ServerChild: @unchecked Sendable {
     let process = Process()
     let logPath: String
     private let stdout = Pipe()
-    private var pending = Data()
-    private(set) var lines: [String] = []
+    private let reader: LineReader
+    var lines: [String] { reader.lines }
 
     /// - Parameter umask: runs the binary under this umask (through `sh -c 'umask …; exec …'`).
     init(_ arguments: [String], log: String, umask: String? = nil) throws {
@@ -29,6 +29,7 @@ final class ServerChild: @unchecked Sendable {
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         process.standardOutput = stdout
+        reader = LineReader(stdout.fileHandleForReading)
         process.standardError = logHandle
         process.standardInput = FileHandle.nullDevice
         try process.run()
@@ -38,19 +39,7 @@ final class ServerChild: @unchecked Sendable {
     /// Reads stdout until a line containing `marker`: true then; false when stdout ended
     /// first (the server exited).
     func wait(for marker: String) -> Bool {
-        if lines.contains(where: { $0.contains(marker) }) { return true }
-        let handle = stdout.fileHandleForReading
-        while true {
-            let chunk = handle.availableData
-            if chunk.isEmpty { return false }
-            pending.append(chunk)
-            // Every complete line is kept, so a later wait finds a line that came in this chunk.
-            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                lines.append(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
-                pending.removeSubrange(pending.startIndex...newline)
-            }
-            if lines.contains(where: { $0.contains(marker) }) { return true }
-        }
+        reader.wait { lines in lines.contains { $0.contains(marker) } }
     }
 
     /// The first `nbd://HOST:PORT/...` URI the server printed.
