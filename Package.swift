@@ -35,13 +35,13 @@ let package = Package(
         // The vocabulary and the wire the filter and the agent share (change IDs, the control
         // protocol, its client): they are peers that talk over a socket.
         .target(name: "TrackerControl", dependencies: ["Codecs", "BlockIO"]),
-        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl", logging]),
+        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl"]),
         .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
         .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", "Workers", systemPackage, logging]),
         .target(name: "Filter", dependencies: ["ChangeTracking", "TrackerControl", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
         .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "TrackerControl", "Codecs", "Workers", logging]),
         .executableTarget(name: "tessera", dependencies: [
-            "Codecs", "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent", "Workers",
+            "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent", "Workers",
             argumentParser, logging,
         ]),
 

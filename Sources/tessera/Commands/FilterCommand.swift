@@ -1,5 +1,4 @@
 import ArgumentParser
-import ChangeTracking
 import Filter
 import Foundation
 import TrackerControl
