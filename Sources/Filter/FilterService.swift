@@ -119,6 +119,12 @@ public final class FilterService: Sendable {
 
     // MARK: - Control requests
 
+    static func reply(_ d: FilteredDisk, _ info: CheckpointInfo, group: String?) -> ControlProtocol.CheckpointReply {
+        ControlProtocol.CheckpointReply(disk: d.name, changeID: info.changeID.description, previous: info.previous?.description,
+                                        createdAt: Double(info.createdAt), path: d.path, files: d.image.extents.map(\.path),
+                                        size: d.size, granularity: d.granularity, group: group)
+    }
+
     /// Handles one control request: decodes its payload, acts, encodes the reply.
     ///
     /// - Throws: whatever went wrong, as it was thrown (a `TrackerError`, a `BlockIOError`...):
@@ -142,11 +148,17 @@ public final class FilterService: Sendable {
             let d = try disk(named: r.disk)
             let info = try d.checkpoint(owner: r.owner)
             logger.info("disk \(d.name): checkpoint \(info.changeID)")
-            return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
-                                              previous: info.previous?.description,
-                                              createdAt: Double(info.createdAt), path: d.path,
-                                              files: d.image.extents.map(\.path), size: d.size,
-                                              granularity: d.granularity))
+            return P.encode(Self.reply(d, info, group: nil))
+        case .checkpointGroup:
+            let r = try P.decode(P.CheckpointGroupRequest.self, payload, request: request)
+            guard !r.disks.isEmpty, Set(r.disks).count == r.disks.count else {
+                throw FilterError(.invalidArgument, "a checkpoint group names each of its disks once, and at least one (got \(r.disks))")
+            }
+            let members = try r.disks.map { try disk(named: $0) }
+            let group = r.group ?? UUID().uuidString
+            let infos = try FilteredDisk.checkpoint(members, owner: r.owner, group: group)
+            logger.info("checkpoint group \(group): \(zip(members, infos).map { "\($0.name) \($1.changeID)" }.joined(separator: ", "))")
+            return P.encode(P.CheckpointGroupReply(group: group, checkpoints: zip(members, infos).map { Self.reply($0, $1, group: group) }))
         case .queryChanges:
             let r = try P.decode(P.QueryChangesRequest.self, payload, request: request)
             let d = try disk(named: r.disk)
