@@ -97,7 +97,7 @@ public enum RepositoryAccess {
             stats: SnapshotRecord.Stats(bytesRead: summary.bytesRead, chunksNew: summary.chunksNew,
                                         chunksReused: summary.chunksReused, chunksZero: summary.chunksZero,
                                         bytesStored: summary.bytesStored, seconds: Date().timeIntervalSince(started)),
-            diskMap: mapID)
+            diskMap: mapID, group: summary.group)
         try writer.commit(record)
         return record.id
     }
