@@ -41,10 +41,11 @@ public final class FilterService: Sendable {
 
     /// Disk names become directory and export names: keep them plain.
     public static func validateDiskName(_ name: String) throws {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix("."),
-              name != lockFileName else {
-            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' (and not '\(lockFileName)', the filter's lock file)")
+        if let problem = DiskName.problem(name) {
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: \(problem)")
+        }
+        guard name != lockFileName else {
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: it is the name of the filter's lock file")
         }
     }
 
