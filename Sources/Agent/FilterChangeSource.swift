@@ -73,13 +73,22 @@ public struct FilterChangeSource: ChangeSource {
         do {
             return try client.checkpoint(disk: disk)
         } catch let e as FilterError where e.code == .checkpointOpen {
-            guard let open = try client.status(disk: disk).first?.checkpoint else { throw e }
-            guard let stale = open.stale else {
-                throw AgentError(.filter, Self.heldMessage(open, disk: disk, control: control))
-            }
-            logger.notice("released checkpoint \(open.changeID) with abort (nothing is lost): \(stale)")
-            _ = try client.release(disk: disk, commit: false)
+            try Self.releaseIfStale(client, disks: [disk], control: control, logger: logger)
             return try client.checkpoint(disk: disk)
+        }
+    }
+
+    /// Releases with abort (nothing is lost) every checkpoint of `disks` that was left open by
+    /// a holder that is gone (a backup that died, a lease that ran out with no reader).
+    /// - Throws: `AgentError(.filter)` saying who holds a checkpoint that may be in use.
+    public static func releaseIfStale(_ client: ControlClient, disks: [String], control: String, logger: Logger) throws {
+        for disk in disks {
+            guard let open = try client.status(disk: disk).first?.checkpoint else { continue }
+            guard let stale = open.stale else {
+                throw AgentError(.filter, heldMessage(open, disk: disk, control: control))
+            }
+            logger.notice("released checkpoint \(open.changeID) of disk \(disk) with abort (nothing is lost): \(stale)")
+            _ = try client.release(disk: disk, commit: false)
         }
     }
 

@@ -14,7 +14,8 @@ struct Tessera: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [InitCommand.self, SnapshotsCommand.self, BackupCommand.self, RestoreCommand.self,
-                      DiffCommand.self, ServeCommand.self, FilterCommand.self, CheckCommand.self, ForgetCommand.self, PruneCommand.self, RepairCommand.self, UnlockCommand.self]
+                      DiffCommand.self, ServeCommand.self, FilterCommand.self, CheckCommand.self, ForgetCommand.self, PruneCommand.self, RepairCommand.self, UnlockCommand.self,
+                      RunCommand.self, ConfigCommand.self, ThawGuardCommand.self]
     )
 
     /// Parses and runs a command; every error a command or the parser raises comes out

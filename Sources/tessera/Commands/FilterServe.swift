@@ -5,6 +5,7 @@ import Filter
 import Foundation
 import Logging
 import NBD
+import Nightly
 
 struct FilterServe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,14 +17,18 @@ struct FilterServe: AsyncParsableCommand {
             (read-only, the disk at the checkpoint). Drive it with `tessera filter status|checkpoint|\
             changes|release|reset` on the --control socket. SIGTERM or SIGINT: finish in-flight \
             requests, flush, persist the tracking state, exit 0.
+            With --config FILE (the nightly run's config), the sockets, the state directory and \
+            every disk whose changes come from the filter are taken from the file, so a restarted \
+            filter serves the same disks as before.
             """)
 
+    @Option(help: "The nightly run's config: serve its [filter] with every disk tracked by the filter.") var config: String?
     @Option(name: .customLong("disk"), help: "NAME=PATH of a disk to serve (repeatable).")
-    var disks: [String]
-    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
-    @Option(help: "The control endpoint's Unix socket (mode 0600; only root and this user may connect).") var control: String
-    @Option(help: "Where tracking state, activity logs and overlays live.") var stateDir: String
-    @Option(help: "Tracking granularity: a power of two from 4K to 16M.") var granularity: ByteCount = ByteCount(bytes: 65536)
+    var disks: [String] = []
+    @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String?
+    @Option(help: "The control endpoint's Unix socket (mode 0600; only root and this user may connect).") var control: String?
+    @Option(help: "Where tracking state, activity logs and overlays live.") var stateDir: String?
+    @Option(help: "Tracking granularity: a power of two from 4K to 16M (default 64K).") var granularity: ByteCount?
     @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """
         NBD over TCP has no authentication and no encryption: whoever connects can read and \
         overwrite every served disk. Only loopback addresses (127.0.0.0/8, ::1, localhost) are \
@@ -49,7 +54,18 @@ struct FilterServe: AsyncParsableCommand {
         """)) var controlIdleTimeout: Int = Int(ControlServer.defaultIdleTimeout.components.seconds)
 
     func validate() throws {
-        if disks.isEmpty { throw ValidationError("give at least one --disk NAME=PATH") }
+        if config != nil {
+            let given = [("--disk", !disks.isEmpty), ("--socket", socket != nil), ("--control", control != nil),
+                         ("--state-dir", stateDir != nil), ("--tcp", tcp != nil), ("--granularity", granularity != nil)]
+            if let (flag, _) = given.first(where: \.1) {
+                throw ValidationError("\(flag) comes from the config's [filter] section and its VMs' disks; give --config or the options, not both")
+            }
+            return
+        }
+        for (flag, value) in [("--socket", socket), ("--control", control), ("--state-dir", stateDir)] where value == nil {
+            throw ValidationError("missing \(flag) (or give --config FILE)")
+        }
+        if disks.isEmpty { throw ValidationError("give at least one --disk NAME=PATH (or --config FILE)") }
         for d in disks where !d.contains("=") { throw ValidationError("--disk takes NAME=PATH, not '\(d)'") }
         if let tcp, NBDServer.parseTCPAddress(tcp) == nil {
             throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809, not '\(tcp)'")
@@ -62,11 +78,49 @@ struct FilterServe: AsyncParsableCommand {
         if controlIdleTimeout < 1 { throw ValidationError("--control-idle-timeout must be at least 1 second") }
     }
 
+    /// What to serve: from the options, or from the nightly run's config.
+    struct Setup {
+        var disks: [(name: String, path: String)]
+        var socket: String
+        var control: String
+        var stateDir: String
+        var tcp: String?
+        var granularity: UInt64
+    }
+
+    func setup() throws -> Setup {
+        guard let config else {
+            return Setup(disks: disks.map { d in
+                            let parts = d.split(separator: "=", maxSplits: 1).map(String.init)
+                            return (parts[0], absolutePath(parts[1]))
+                         },
+                         socket: socket!, control: control!, stateDir: stateDir!, tcp: tcp, granularity: granularity?.bytes ?? 65536)
+        }
+        let run: RunConfig
+        do { run = try RunConfig.load(config) } catch let e as ConfigError {
+            Output.error("\(e)")
+            throw ExitCode(ExitCodes.unreachable)
+        }
+        guard let filter = run.filter else {
+            Output.error("\(config): the config has no [filter] section; add one with control, socket and state-dir")
+            throw ExitCode(ExitCodes.unreachable)
+        }
+        let served = run.vms.flatMap(\.disks).filter { $0.changes == .filter }.map { ($0.name, $0.path ?? "") }
+        guard !served.isEmpty else {
+            Output.error("\(config): no disk of any VM has its changes from the filter; nothing to serve")
+            throw ExitCode(ExitCodes.unreachable)
+        }
+        return Setup(disks: served, socket: filter.socket, control: filter.control, stateDir: filter.stateDirectory,
+                     tcp: filter.tcp, granularity: filter.granularity ?? 65536)
+    }
+
     func run() async throws {
         var logger = Logger(label: "tessera.filter")
         logger.logLevel = .info
+        let setup = try setup()
+        let (socket, control, stateDir, tcp) = (setup.socket, setup.control, setup.stateDir, setup.tcp)
         var configuration = TrackerConfiguration()
-        configuration.granularity = granularity.bytes
+        configuration.granularity = setup.granularity
         configuration.activityLogExtentSize = activityLogExtent.bytes
         configuration.activityLogSlots = activityLogSlots
         let service: FilterService
@@ -77,9 +131,8 @@ struct FilterServe: AsyncParsableCommand {
             throw ExitCode.failure
         }
         do {
-            for d in disks {
-                let parts = d.split(separator: "=", maxSplits: 1).map(String.init)
-                try service.attach(name: parts[0], path: absolutePath(parts[1]))
+            for d in setup.disks {
+                try service.attach(name: d.name, path: d.path)
             }
         } catch {
             // Disks attached so far close cleanly: their state stays as a clean shutdown left it.

@@ -1,3 +1,4 @@
+import BlockIO
 import Foundation
 
 /// Printing for humans and for scripts (`--json`: one JSON object per line).
@@ -30,12 +31,7 @@ enum Output {
     }
 
     /// 1536 -> "1.5 KiB".
-    static func bytes(_ n: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var v = Double(n), i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
-    }
+    static func bytes(_ n: UInt64) -> String { Units.bytes(n) }
 
     static func duration(_ seconds: Double) -> String {
         if seconds < 120 { return String(format: "%.0fs", seconds) }
