@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Workers
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,10 +14,13 @@ import Glibc
 public struct HookRunner: Sendable {
     public var timeout: Double
     public var logger: Logger
+    /// Ends a running hook (SIGTERM, then SIGKILL) when the run is cancelled.
+    public var cancellation: Cancellation?
 
-    public init(timeout: Double, logger: Logger) {
+    public init(timeout: Double, logger: Logger, cancellation: Cancellation? = nil) {
         self.timeout = timeout
         self.logger = logger
+        self.cancellation = cancellation
     }
 
     /// What the hook sees besides the run's own environment.
@@ -86,13 +90,18 @@ public struct HookRunner: Sendable {
         }
         logger.debug("hook started", metadata: ["event": "hook-start", "phase": "\(context.phase.rawValue)",
                                                 "hook": "\(argv[0])", "vm": "\(context.vm ?? "")"])
-        if exited.wait(timeout: .now() + timeout) == .timedOut {
+        let deadline = Date().addingTimeInterval(timeout)
+        // Woken every tenth of a second to see a cancellation: Ctrl-C must not wait for a hook.
+        while exited.wait(timeout: .now() + 0.1) == .timedOut {
+            let cancelled = cancellation?.reason
+            guard cancelled != nil || Date() >= deadline else { continue }
             // SIGTERM first (a hook may clean up), SIGKILL if it does not go.
             kill(process.processIdentifier, SIGTERM)
             if exited.wait(timeout: .now() + 5) == .timedOut {
                 kill(process.processIdentifier, SIGKILL)
                 exited.wait()
             }
+            if let cancelled { throw Cancelled(reason: cancelled) }
             throw Failure(message: "\(name) did not finish within \(Self.duration(timeout)) and was stopped\(Self.tail(outputPath))")
         }
         let seconds = Date().timeIntervalSince(started)

@@ -30,7 +30,8 @@ public final class NightlyRun: Sendable {
     public enum Exit {
         public static let ok: Int32 = 0
         public static let config: Int32 = 2
-        /// Some VM failed, or retention, prune or the verification failed or found damage.
+        /// Some VM failed or was skipped, or retention, prune or the verification failed or
+        /// found damage.
         public static let someFailed: Int32 = 3
         public static let locked: Int32 = 11
     }
@@ -65,7 +66,7 @@ public final class NightlyRun: Sendable {
         let vms = try selectedVMs()
         logger.notice("run started", metadata: ["event": "run-start", "vms": "\(vms.count)", "config": "\(config.file)"])
         let repository = try RepositoryAccess.open(config.repository)
-        let hooks = HookRunner(timeout: config.run.vm.hookTimeout, logger: logger)
+        let hooks = HookRunner(timeout: config.run.vm.hookTimeout, logger: logger, cancellation: cancellation)
         var jobStartFailure: String?
         do {
             try hooks.run(config.run.vm.hooks.commands[.jobStart] ?? [], HookRunner.Context(phase: .jobStart))
@@ -107,13 +108,15 @@ public final class NightlyRun: Sendable {
         let failed = !report.failedVMs.isEmpty || !report.errors.isEmpty
         if failed { endContext.error = (report.errors + report.failedVMs.map { "VM \($0.name): \($0.error ?? "failed")" }).joined(separator: "; ") }
         do {
-            try hooks.run(config.run.vm.hooks.commands[.jobEnd] ?? [], endContext)
+            // Runs even after Ctrl-C (bounded by its time limit): it is where people notify.
+            try HookRunner(timeout: config.run.vm.hookTimeout, logger: logger).run(config.run.vm.hooks.commands[.jobEnd] ?? [], endContext)
         } catch {
             report.errors.append("the job-end hook failed: \(error)")
         }
         report.seconds = Date().timeIntervalSince(started)
-        report.exitCode = report.failedVMs.isEmpty && report.errors.isEmpty && (report.verify?.findings.isEmpty ?? true) ? Exit.ok : Exit.someFailed
-        if cancellation.isCancelled && report.exitCode == Exit.ok { report.exitCode = Exit.someFailed }
+        // A VM skipped (the window closed) has no backup tonight either: that is not "all done".
+        let allDone = report.vms.allSatisfy { $0.status == .ok } && report.errors.isEmpty && (report.verify?.findings.isEmpty ?? true)
+        report.exitCode = allDone && !cancellation.isCancelled ? Exit.ok : Exit.someFailed
         save(&report)
         logger.notice("run finished", metadata: ["event": "run-end", "exit_code": "\(report.exitCode)",
                                                  "seconds": "\(String(format: "%.1f", report.seconds))",

@@ -57,6 +57,11 @@ public struct RunReport: Codable, Sendable {
         /// Why the VM failed, and what to do.
         public var error: String?
 
+        public init(name: String, status: Status) {
+            self.name = name
+            self.status = status
+        }
+
         enum CodingKeys: String, CodingKey {
             case name, status, consistency, group, attempts, seconds, disks, warnings, error
         }
@@ -75,6 +80,11 @@ public struct RunReport: Codable, Sendable {
         public var bytesStored: UInt64 = 0
         public var seconds: Double = 0
         public var error: String?
+
+        public init(name: String, changes: String) {
+            self.name = name
+            self.changes = changes
+        }
 
         enum CodingKeys: String, CodingKey {
             case name, changes, snapshot, mode, seconds, error

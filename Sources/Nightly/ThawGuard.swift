@@ -27,6 +27,9 @@ public final class ThawGuard: @unchecked Sendable {
     public init(command: [String], socket: String, seconds: Double) throws {
         self.started = Date()
         self.seconds = seconds
+        // A guard that already thawed and exited closes its end: telling it "disarm" then must
+        // be an EPIPE to ignore, not a SIGPIPE that ends the run.
+        signal(SIGPIPE, SIG_IGN)
         process = Process()
         process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments = Array(command.dropFirst()) + ["--socket", socket, "--seconds", String(seconds)]

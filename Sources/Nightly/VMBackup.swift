@@ -60,7 +60,7 @@ struct VMBackup {
     func attempt(_ report: inout RunReport.VMReport) throws {
         let disks = vm.disks.map(\.name)
         let hooks = self.hooks
-        let runner = HookRunner(timeout: settings.hookTimeout, logger: logger)
+        let runner = HookRunner(timeout: settings.hookTimeout, logger: logger, cancellation: run.cancellation)
         report.disks = vm.disks.map { RunReport.DiskReport(name: $0.name, changes: $0.changes.name) }
         report.warnings += NightlyRun.consistencyWarnings(vm)
         var checkpoints: [String: ControlProtocol.CheckpointReply] = [:]
@@ -83,7 +83,10 @@ struct VMBackup {
             }
             do {
                 try runner.run(hooks.commands[.postCheckpoint] ?? [], .init(phase: .postCheckpoint, vm: vm.name, disks: disks))
+            } catch let c as Cancelled {
+                throw c
             } catch {
+                // The checkpoint is taken: a failing post-checkpoint hook does not undo it.
                 report.warnings.append("\(error)")
             }
             var firstError: (any Error)?
@@ -116,7 +119,10 @@ struct VMBackup {
             releaseOpen(open)
             var context = HookRunner.Context(phase: .backupAbort, vm: vm.name, disks: disks)
             context.error = NightlyRun.message(error)
-            do { try runner.run(hooks.commands[.backupAbort] ?? [], context) } catch {
+            // Clean-up hooks run even after Ctrl-C (bounded by their time limit).
+            var cleanup = runner
+            cleanup.cancellation = nil
+            do { try cleanup.run(hooks.commands[.backupAbort] ?? [], context) } catch {
                 report.warnings.append("\(error)")
             }
             throw error
