@@ -69,7 +69,7 @@ public final class NightlyRun: Sendable {
         let hooks = HookRunner(timeout: config.run.vm.hookTimeout, logger: logger, cancellation: cancellation)
         var jobStartFailure: String?
         do {
-            try hooks.run(config.run.vm.hooks.commands[.jobStart] ?? [], HookRunner.Context(phase: .jobStart))
+            try hooks.run(config.run.vm.hooks.commands[.jobStart] ?? [], HookRunner.Context(phase: .jobStart, disks: vms.flatMap { $0.disks.map(\.name) }))
         } catch {
             jobStartFailure = "\(error)"
             report.errors.append("the job-start hook failed, so no VM was backed up: \(error)")

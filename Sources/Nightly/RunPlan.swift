@@ -58,7 +58,7 @@ public struct RunPlan: Codable, Sendable {
         retention = config.retention.map { Self.describe($0.policy) }
         verify = config.verify.map { "\(NightlyRun.verifySlice(day: now, every: $0.readDataEvery))/\($0.readDataEvery)" }
         self.vms = vms.map { vm in
-            let hooks = config.run.vm.hooks.adding(vm.settings.hooks)
+            let hooks = vm.settings.hooks
             let quiesce = vm.guestAgent != nil && vm.settings.quiesce != .off
             var warnings = NightlyRun.consistencyWarnings(vm)
             if vm.guestAgent == nil && vm.settings.quiesce == .required {

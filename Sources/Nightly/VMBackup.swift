@@ -19,7 +19,8 @@ struct VMBackup {
         l[metadataKey: "vm"] = "\(vm.name)"
         return l
     }
-    var hooks: RunConfig.Hooks { run.config.run.vm.hooks.adding(settings.hooks) }
+    /// The global hooks and then the VM's own (the config merged them).
+    var hooks: RunConfig.Hooks { settings.hooks }
 
     func runWithRetries(deadline: Date?) -> RunReport.VMReport {
         let started = Date()

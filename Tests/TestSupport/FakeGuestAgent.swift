@@ -16,6 +16,9 @@ public final class FakeGuestAgent: @unchecked Sendable {
         case freezeFails
         /// Accepts connections but never answers (an agent that is not running in the guest).
         case silent
+        /// The first thaw is never answered nor done (logged as `guest-fsfreeze-thaw (hung)`):
+        /// a run stuck there, or killed there, must leave the thaw to its guard.
+        case firstThawHangs
     }
 
     public struct Event: Sendable {
@@ -25,7 +28,7 @@ public final class FakeGuestAgent: @unchecked Sendable {
 
     private let behaviour: Behaviour
     private let listener: Int32
-    private let state = Mutex<(frozen: Bool, log: [Event], stopped: Bool)>((false, [], false))
+    private let state = Mutex<(frozen: Bool, log: [Event], stopped: Bool, hung: Bool)>((false, [], false, false))
     /// Bytes a previous client left unread, sent before the sync marker (the reason for it).
     private let staleBytes: String
 
@@ -98,6 +101,13 @@ public final class FakeGuestAgent: @unchecked Sendable {
                 continue
             }
             if behaviour == .silent { continue }
+            if behaviour == .firstThawHangs && command == "guest-fsfreeze-thaw"
+                && state.withLock({ s in defer { s.hung = true }; return !s.hung }) {
+                state.withLock { $0.log.append(Event(command: command + " (hung)", at: Date())) }
+                // Holds the client (and so the chardev) until it goes away.
+                while readLine(fd, &buffer) != nil {}
+                return
+            }
             state.withLock { $0.log.append(Event(command: command, at: Date())) }
             switch command {
             case "guest-sync-delimited":
