@@ -19,9 +19,14 @@ public final class LocalObjectStore: ObjectStore {
     /// Fan-out directories known to exist (saves a mkdir per put).
     private let knownDirectories = Mutex<Set<String>>([])
 
+    public convenience init(root: String) {
+        self.init(root: root, faultHook: nil)
+    }
+
+    /// A store whose writes stop where a test says: a test hook, so not public.
     /// - Parameter faultHook: called at every named step of a write; a throw there aborts
-    ///   the write as a crash or an I/O error would (tests only).
-    public init(root: String, faultHook: (@Sendable (FaultPoint) throws -> Void)? = nil) {
+    ///   the write as a crash or an I/O error would.
+    package init(root: String, faultHook: (@Sendable (FaultPoint) throws -> Void)?) {
         self.root = root.count > 1 && root.hasSuffix("/") ? String(root.dropLast()) : root
         self.faultHook = faultHook
     }
@@ -70,11 +75,7 @@ public final class LocalObjectStore: ObjectStore {
     }
 
     private func validate(_ key: ObjectKey) throws {
-        let ok = key.kind == .config ? key.name == "config" : isHexName(key.name) && key.name.utf8.count >= 2
-        guard ok else {
-            throw RepositoryError(.invalidArgument, "\(key.kind.noun) name \"\(key.name)\" is not a valid object name (lowercase hex)",
-                                  object: key.description)
-        }
+        try key.validate()
     }
 
     private func hook(_ step: FaultStep, _ kind: ObjectKind, _ name: String) throws {
@@ -370,7 +371,7 @@ public final class LocalObjectStore: ObjectStore {
             }
             guard rename(from, to) == 0 else {
                 let e = Errno(rawValue: errno)
-                throw BlockIOError(.io, "\(from): move into \(dir) failed: \(e)", errno: e)
+                throw BlockIOError(e == .noSuchFileOrDirectory ? .notFound : .io, "\(from): move into \(dir) failed: \(e)", errno: e)
             }
             try DurableFile.syncDirectory(dir)
             try DurableFile.syncDirectory(directory(for: key))
