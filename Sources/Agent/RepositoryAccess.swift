@@ -14,9 +14,9 @@ public enum RepositoryAccess {
         } catch let e as RepositoryError {
             switch e.code {
             case .notARepository, .notFound:
-                throw AgentError(.noRepository, e.message)
+                throw AgentError(.noRepository, e.message, cause: e)
             default:
-                throw AgentError(.repository, e.message)
+                throw AgentError(.repository, e.message, cause: e)
             }
         }
     }
@@ -25,7 +25,7 @@ public enum RepositoryAccess {
         do {
             return Releasable(try repository.lock(kind))
         } catch let e as RepositoryError where e.code == .locked {
-            throw AgentError(.locked, e.message)
+            throw AgentError(.locked, e.message, cause: e)
         }
     }
 
@@ -35,9 +35,9 @@ public enum RepositoryAccess {
         do {
             return Releasable(try repository.lockForReading(locking, logger: logger))
         } catch let e as RepositoryError where e.code == .locked {
-            throw AgentError(.locked, e.message)
+            throw AgentError(.locked, e.message, cause: e)
         } catch let e as RepositoryError {
-            throw AgentError(.repository, e.message)
+            throw AgentError(.repository, e.message, cause: e)
         }
     }
 
@@ -83,7 +83,7 @@ public enum RepositoryAccess {
 
     static func writer(_ repository: Repository) throws -> RepositoryWriter {
         do { return try repository.makeWriter() } catch let e as RepositoryError {
-            throw AgentError(.repository, e.message)
+            throw AgentError(.repository, e.message, cause: e)
         }
     }
 
@@ -98,7 +98,7 @@ public enum RepositoryAccess {
             stats: SnapshotRecord.Stats(bytesRead: summary.bytesRead, chunksNew: summary.chunksNew,
                                         chunksReused: summary.chunksReused, chunksZero: summary.chunksZero,
                                         bytesStored: summary.bytesStored, seconds: Date().timeIntervalSince(started)),
-            diskMap: mapID)
+            diskMap: mapID, group: summary.group)
         try writer.commit(record)
         return record.id
     }
@@ -123,7 +123,7 @@ public enum RepositoryAccess {
             }
             return record
         } catch let e as RepositoryError {
-            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message)
+            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message, cause: e)
         }
     }
 
@@ -131,7 +131,7 @@ public enum RepositoryAccess {
         do {
             return try repository.readDiskMap(record.diskMap)
         } catch let e as RepositoryError {
-            throw AgentError(.damaged, "snapshot \(record.id): its disk map cannot be read: \(e.message)")
+            throw AgentError(.damaged, "snapshot \(record.id): its disk map cannot be read: \(e.message)", cause: e)
         }
     }
 }
