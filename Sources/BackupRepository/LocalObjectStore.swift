@@ -351,10 +351,17 @@ public final class LocalObjectStore: ObjectStore {
     public func delete(_ key: ObjectKey) throws {
         try validate(key)
         let p = path(of: key)
-        if unlink(p) != 0 && errno != ENOENT {
-            throw RepositoryError(.io, "could not delete \(key) (\(p)): \(Errno(rawValue: errno))", object: key.description)
+        let dir = directory(for: key)
+        if unlink(p) != 0 {
+            guard errno == ENOENT else {
+                throw RepositoryError(.io, "could not delete \(key) (\(p)): \(Errno(rawValue: errno))", object: key.description)
+            }
+            // Nothing there is no error (prune re-run after a kill). A killed run's unlink
+            // may not be durable yet, so its directory is still synced, when there is one:
+            // a fan-out directory of a name never written does not exist.
+            guard DurableFile.exists(dir) else { return }
         }
-        pendingDirectories.withLock { $0[directory(for: key)] = key.kind }
+        pendingDirectories.withLock { $0[dir] = key.kind }
     }
 
     public func quarantine(_ key: ObjectKey) throws -> String {
