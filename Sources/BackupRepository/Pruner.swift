@@ -81,6 +81,20 @@ public enum Pruner {
 
     /// Carries out a plan in its order. The report counts what was done: the plan's, unless a
     /// live chunk to be copied turned out damaged (its pack is then kept whole).
+    ///
+    /// Cancellation (Ctrl-C) is honoured only at safe points, where the repository is exactly
+    /// as a completed earlier prune (or none) would leave it, and nothing half-done needs undoing:
+    /// - before step 1 (nothing changed yet);
+    /// - before step 2 and before each source pack is read in step 2's copying: the packs
+    ///   written so far are named by no index file (garbage for the next prune, never a
+    ///   chunk's only copy), and an open pack stream is discarded;
+    /// - before step 3 (the index and the packs agree; maps and pages no snapshot names only
+    ///   cost space).
+    /// Never inside `replaceIndex` (between writing the new index file and deleting the old
+    /// ones, which together say which packs are live) nor between an index replacement and the
+    /// deletion of the packs it stopped naming: a stop there would be safe for the data too (a
+    /// killed prune is), but it would leave two index files or orphaned packs for the rerun,
+    /// so these run to the end once started.
     static func execute(_ plan: PrunePlan, in repo: Repository, cancellation: Cancellation?,
                         logger: Logger) throws -> PruneReport {
         let store = repo.store
