@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockIO", "TestSupport", nioCore, nioPosix]),
         .testTarget(name: "BackupRepositoryTests", dependencies: ["BackupRepository", "Codecs", "BlockIO", "TestSupport"]),
         .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport", nioCore]),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "TestSupport"]),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "Workers", "TestSupport", logging]),
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
     ]

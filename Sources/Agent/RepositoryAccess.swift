@@ -1,6 +1,7 @@
 import BackupRepository
 import BlockIO
 import Foundation
+import Logging
 import Synchronization
 import Workers
 
@@ -29,10 +30,10 @@ public enum RepositoryAccess {
     }
 
     /// The lock of a command that only reads: shared, or none (`--no-lock`, or a repository
-    /// that cannot be written, which `warn` is told about).
-    public static func lockForReading(_ repository: Repository, _ locking: ReadLocking, warn: (String) -> Void) throws -> Releasable {
+    /// that cannot be written, which `logger` is told about at `.warning`).
+    public static func lockForReading(_ repository: Repository, _ locking: ReadLocking, logger: Logger) throws -> Releasable {
         do {
-            return Releasable(try repository.lockForReading(locking, warn: warn))
+            return Releasable(try repository.lockForReading(locking, logger: logger))
         } catch let e as RepositoryError where e.code == .locked {
             throw AgentError(.locked, e.message, cause: e)
         } catch let e as RepositoryError {

@@ -1,6 +1,7 @@
 import BackupRepository
 import BlockIO
 import Codecs
+import Logging
 import NBD
 import Synchronization
 
@@ -32,11 +33,12 @@ public final class SnapshotExport: NBDExport {
     ///   - snapshot: an ID, a unique prefix, or `latest` (with `disk`).
     ///   - exportName: the NBD export name; the snapshot's disk name when nil.
     ///   - locking: a shared lock (none on a read-only repository, with a warning), or none.
-    ///   - warn: told when the export runs without the lock it was meant to take.
+    ///   - logger: told, at `.warning`, when the export runs without the lock it was meant to take.
     public init(repositoryPath: String, snapshot: String, disk: String?, exportName: String?,
-                locking: ReadLocking = .shared, warn: (String) -> Void = { _ in }) throws {
+                locking: ReadLocking = .shared,
+                logger: Logger = Logger(label: "tessera.serve", factory: { _ in SwiftLogNoOpLogHandler() })) throws {
         repository = try RepositoryAccess.open(repositoryPath)
-        lock = try RepositoryAccess.lockForReading(repository, locking, warn: warn)
+        lock = try RepositoryAccess.lockForReading(repository, locking, logger: logger)
         do {
             record = try RepositoryAccess.resolve(repository, snapshot, disk: disk)
             map = try RepositoryAccess.readMap(repository, record)

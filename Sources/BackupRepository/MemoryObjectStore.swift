@@ -16,12 +16,14 @@ public final class MemoryObjectStore: ObjectStore {
     public init() {}
 
     public func put(_ key: ObjectKey, _ bytes: [UInt8], syncNow: Bool) throws {
+        try key.validate()
         contents.withLock { $0.objects[key] = bytes }
     }
 
     public func syncPendingDirectories() throws {}
 
     public func get(_ key: ObjectKey) throws -> [UInt8] {
+        try key.validate()
         guard let bytes = contents.withLock({ $0.objects[key] }) else {
             throw RepositoryError(.notFound, "\(key) does not exist")
         }
@@ -38,7 +40,9 @@ public final class MemoryObjectStore: ObjectStore {
 
     public func size(_ key: ObjectKey) throws -> UInt64 { UInt64(try get(key).count) }
 
-    public func exists(_ key: ObjectKey) -> Bool { contents.withLock { $0.objects[key] != nil } }
+    public func exists(_ key: ObjectKey) -> Bool {
+        (try? key.validate()) != nil && contents.withLock { $0.objects[key] != nil }
+    }
 
     public func list(_ kind: ObjectKind, prefix: String) throws -> [ObjectKey] {
         contents.withLock { c in
@@ -48,24 +52,31 @@ public final class MemoryObjectStore: ObjectStore {
 
     /// Deleting what is not there is not an error (as for files: prune may be re-run).
     public func delete(_ key: ObjectKey) throws {
+        try key.validate()
         _ = contents.withLock { $0.objects.removeValue(forKey: key) }
     }
 
+    /// Like a local store's: every copy set aside is kept under its own name
+    /// (`quarantine/<kind>-<name>.<n>.bad`), a second one never replaces the first.
     public func quarantine(_ key: ObjectKey) throws -> String {
-        let place = "quarantine/\(key.kind.rawValue)-\(key.name)"
-        try contents.withLock { (c: inout Contents) throws(RepositoryError) in
+        try key.validate()
+        return try contents.withLock { (c: inout Contents) throws(RepositoryError) -> String in
             guard let bytes = c.objects.removeValue(forKey: key) else {
                 throw RepositoryError(.notFound, "\(key) does not exist")
             }
+            var n = 0
+            while c.quarantined["quarantine/\(key.kind.rawValue)-\(key.name).\(n).bad"] != nil { n += 1 }
+            let place = "quarantine/\(key.kind.rawValue)-\(key.name).\(n).bad"
             c.quarantined[place] = bytes
+            return place
         }
-        return place
     }
 
     // MARK: - For tests that damage a repository
 
-    /// Replaces an object's bytes behind the repository's back (a flipped byte, a truncation).
-    public func tamper(_ key: ObjectKey, _ change: (inout [UInt8]) -> Void) throws {
+    /// Replaces an object's bytes behind the repository's back (a flipped byte, a truncation):
+    /// a test hook, so not public.
+    package func tamper(_ key: ObjectKey, _ change: (inout [UInt8]) -> Void) throws {
         try contents.withLock { (c: inout Contents) throws(RepositoryError) in
             guard var bytes = c.objects[key] else { throw RepositoryError(.notFound, "\(key) does not exist") }
             change(&bytes)

@@ -43,6 +43,18 @@ public struct ObjectKey: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         kind == .config ? "config" : "\(kind.noun) \(name)"
     }
+
+    /// Refuses a name no object can have (every store refuses the same ones): lowercase hex
+    /// of at least two digits, or `config` for the config. A name never reaches a path or a
+    /// URL unchecked.
+    /// - Throws: `.invalidArgument`.
+    func validate() throws {
+        let ok = kind == .config ? name == "config" : isHexName(name) && name.utf8.count >= 2
+        guard ok else {
+            throw RepositoryError(.invalidArgument, "\(kind.noun) name \"\(name)\" is not a valid object name (lowercase hex)",
+                                  object: description)
+        }
+    }
 }
 
 /// Something in the store named like an object that is not one: not a regular file.

@@ -1,6 +1,7 @@
 import BlockIO
 import Codecs
 import Foundation
+import Logging
 import Workers
 
 /// `prune`: deletes what no snapshot references, under the exclusive lock.
@@ -13,13 +14,13 @@ public enum Pruner {
     /// - Parameters:
     ///   - cancellation: stops the run between steps and between packs; a cancelled prune is
     ///     like a killed one: the repository is usable and a rerun finishes the job.
-    ///   - log: notes for the operator (a pack kept whole because a live chunk in it is
-    ///     damaged, entries that are not regular files).
+    ///   - logger: notes for the operator, at `.notice` (a pack kept whole because a live chunk
+    ///     in it is damaged, entries that are not regular files).
     public static func prune(_ repo: Repository, options: PruneOptions = PruneOptions(), cancellation: Cancellation? = nil,
-                             log: @Sendable (String) -> Void = { _ in }) throws -> PruneReport {
+                             logger: Logger = Logger(label: "tessera.prune", factory: { _ in SwiftLogNoOpLogHandler() })) throws -> PruneReport {
         let started = Date()
-        let plan = PrunePlan.make(try inventory(repo, log: log), options: options)
-        var report = options.dryRun ? plan.report : try execute(plan, in: repo, cancellation: cancellation, log: log)
+        let plan = PrunePlan.make(try inventory(repo, cancellation: cancellation, logger: logger), options: options)
+        var report = options.dryRun ? plan.report : try execute(plan, in: repo, cancellation: cancellation, logger: logger)
         report.seconds = Date().timeIntervalSince(started)
         return report
     }
@@ -27,7 +28,9 @@ public enum Pruner {
     /// What prune needs to know, read without changing anything.
     /// - Throws: `.damaged` or `.notFound` when it cannot tell what is live (a damaged index
     ///   file, record, map or page; a live chunk in no index): prune refuses then.
-    public static func inventory(_ repo: Repository, log: @Sendable (String) -> Void = { _ in }) throws -> PruneInventory {
+    /// - Parameter cancellation: stops the inventory between objects (it only reads).
+    public static func inventory(_ repo: Repository, cancellation: Cancellation? = nil,
+                                 logger: Logger = Logger(label: "tessera.prune", factory: { _ in SwiftLogNoOpLogHandler() })) throws -> PruneInventory {
         let store = repo.store
         repo.reloadIndexFromScratch()
         try repo.reloadIndex()
@@ -35,7 +38,7 @@ public enum Pruner {
             throw RepositoryError(.damaged, "prune refuses to run: index file \(name) is damaged (\(RepositoryChecker.why(e))), so it cannot tell which packs are live; run `tessera repair index` first",
                                   object: "index file \(name)")
         }
-        let walk = try ReferenceWalk.walk(repo)
+        let walk = try ReferenceWalk.walk(repo, cancellation: cancellation)
         guard walk.isComplete else {
             throw RepositoryError(.damaged, "prune refuses to run: some snapshots, disk maps or map pages are damaged, so it cannot tell what they need; run `tessera check`, then `tessera repair snapshots --forget`")
         }
@@ -44,7 +47,7 @@ public enum Pruner {
                                   object: "chunk \(missing)")
         }
         for e in try store.irregularEntries() {
-            log("\(e.path) is not a regular file (\(e.what)) but is named like \(e.kind.nounWithArticle): left alone; move it out of the repository")
+            logger.notice("\(e.path) is not a regular file (\(e.what)) but is named like \(e.kind.nounWithArticle): left alone; move it out of the repository")
         }
         var inventory = PruneInventory()
         inventory.snapshots = walk.records.count
@@ -55,6 +58,7 @@ public enum Pruner {
         var listed = Set<PackID>()
         for key in try store.list(.pack) {
             guard let id = Digest128(hex: key.name) else { continue }
+            try cancellation?.check()
             listed.insert(id)
             inventory.packs.append(PruneInventory.Pack(id: id, size: try store.size(key), live: live(primary[id]),
                                                        hasSetAside: aside.contains(id)))
@@ -77,8 +81,22 @@ public enum Pruner {
 
     /// Carries out a plan in its order. The report counts what was done: the plan's, unless a
     /// live chunk to be copied turned out damaged (its pack is then kept whole).
+    ///
+    /// Cancellation (Ctrl-C) is honoured only at safe points, where the repository is exactly
+    /// as a completed earlier prune (or none) would leave it, and nothing half-done needs undoing:
+    /// - before step 1 (nothing changed yet);
+    /// - before step 2 and before each source pack is read in step 2's copying: the packs
+    ///   written so far are named by no index file (garbage for the next prune, never a
+    ///   chunk's only copy), and an open pack stream is discarded;
+    /// - before step 3 (the index and the packs agree; maps and pages no snapshot names only
+    ///   cost space).
+    /// Never inside `replaceIndex` (between writing the new index file and deleting the old
+    /// ones, which together say which packs are live) nor between an index replacement and the
+    /// deletion of the packs it stopped naming: a stop there would be safe for the data too (a
+    /// killed prune is), but it would leave two index files or orphaned packs for the rerun,
+    /// so these run to the end once started.
     static func execute(_ plan: PrunePlan, in repo: Repository, cancellation: Cancellation?,
-                        log: @Sendable (String) -> Void) throws -> PruneReport {
+                        logger: Logger) throws -> PruneReport {
         let store = repo.store
         var report = plan.report
         report.indexFilesWritten = 0
@@ -108,7 +126,7 @@ public enum Pruner {
         // (2) Packs worth rewriting: copies first, durable, then the index, then the old packs.
         if !plan.packsToRepack.isEmpty {
             try cancellation?.check()
-            let copied = try copyLiveChunks(plan, repo: repo, cancellation: cancellation, log: log)
+            let copied = try copyLiveChunks(plan, repo: repo, cancellation: cancellation, logger: logger)
             let keptWhole = plan.entriesToMove.filter { copied.damaged.contains($0.pack) }
             // Packs durable before the index that names them.
             try store.syncPendingDirectories()
@@ -163,7 +181,7 @@ public enum Pruner {
     /// pack with a damaged live chunk is kept whole rather than lose that chunk.
     /// - Returns: the copies' index entries, and the source packs kept whole.
     private static func copyLiveChunks(_ plan: PrunePlan, repo: Repository, cancellation: Cancellation?,
-                                       log: @Sendable (String) -> Void) throws -> (written: [IndexEntry], damaged: Set<PackID>) {
+                                       logger: Logger) throws -> (written: [IndexEntry], damaged: Set<PackID>) {
         let store = repo.store
         let liveBySource = Dictionary(grouping: plan.entriesToMove, by: \.pack)
         var source: (id: PackID, bytes: [UInt8])?
@@ -186,7 +204,7 @@ public enum Pruner {
                 }) != nil
                 guard ok else {
                     damaged.insert(id)
-                    log("pack \(id.short)… holds damaged live chunk \(e.chunk.short)…; kept whole: run `tessera check --read-data`")
+                    logger.notice("pack \(id.short)… holds damaged live chunk \(e.chunk.short)…; kept whole: run `tessera check --read-data`")
                     return nil
                 }
             }

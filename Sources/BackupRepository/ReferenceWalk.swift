@@ -1,5 +1,6 @@
 import BlockIO
 import Codecs
+import Workers
 
 /// Everything the committed snapshots reference: records → disk maps → map pages →
 /// chunks, read object by object so one damaged object is reported and the walk goes on.
@@ -21,17 +22,30 @@ struct ReferenceWalk {
     /// Every chunk a readable page names (zero entries excluded).
     var chunks: Set<ChunkID> = []
 
-    /// Walks every snapshot. Throws only when the store cannot be listed.
-    static func walk(_ repo: Repository) throws -> ReferenceWalk {
+    /// Walks every snapshot (or those named by `snapshotIDs`: a record deleted since is
+    /// skipped). Throws only when the store cannot be listed, or `Cancelled` (checked between
+    /// objects).
+    static func walk(_ repo: Repository, snapshotIDs: [String]? = nil, cancellation: Cancellation? = nil) throws -> ReferenceWalk {
         var w = ReferenceWalk()
-        let (records, damaged) = try repo.readAllSnapshots()
-        w.records = records
-        w.damagedRecords = damaged.map { e in (String(e.object?.split(separator: " ").last ?? "?"), e) }
-        for r in records where w.maps[r.diskMap] == nil {
+        var records: [SnapshotRecord] = []
+        for id in try snapshotIDs ?? repo.snapshotIDs() {
+            try cancellation?.check()
+            do {
+                records.append(try repo.readSnapshot(id: id))
+            } catch let e as RepositoryError where e.code == .notFound {
+                continue
+            } catch let e as RepositoryError where e.code != .io {
+                w.damagedRecords.append((id, e))
+            }
+        }
+        w.records = records.sorted { ($0.time, $0.id) < ($1.time, $1.id) }
+        for r in w.records where w.maps[r.diskMap] == nil {
+            try cancellation?.check()
             w.maps[r.diskMap] = Result { try repo.readMapHeader(r.diskMap) }.mapError(Self.repositoryError)
         }
         for case .success(let info) in w.maps.values {
             for (p, pageID) in info.pages.enumerated() where w.pages[pageID] == nil {
+                try cancellation?.check()
                 let expected = min(info.header.entriesPerPage, info.header.entryCount - p * info.header.entriesPerPage)
                 do {
                     let entries = try repo.readMapPage(pageID)

@@ -5,7 +5,7 @@ import Synchronization
 import Workers
 
 /// What `check` does besides proving structure.
-public struct CheckOptions: Sendable {
+public struct CheckOptions: Sendable, Equatable {
     /// Which packs are read whole, every chunk in them decompressed and re-hashed.
     public var readData: DataSelection = .none
     /// Set damaged or lost chunk copies aside (the next backup stores them again).
@@ -23,6 +23,8 @@ public struct CheckOptions: Sendable {
 /// reads; every chunk a map names is indexed, its pack exists and the pack's trailer lists
 /// it) and, with `readData`, reads packs whole and re-hashes every chunk in them.
 ///
+/// Two parts, like prune: the plan (`CheckPlan`: what will be read, made from listings
+/// alone; a dry run prints it and stops) and its execution, which reads exactly that.
 /// Findings are values, each naming the object and the snapshots and disk byte ranges it
 /// damages; the checker throws only when the repository cannot be listed at all.
 /// Packs are checked in parallel, each pack read sequentially in one piece.
@@ -38,16 +40,31 @@ public enum RepositoryChecker {
     /// check cannot go further without it); a directory that is no repository at all throws.
     public static func check(path: String, options: CheckOptions = CheckOptions(), cancellation: Cancellation? = nil,
                              progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
+        // A directory with the layout but no config still held a repository.
+        let layout = DurableFile.exists("\(path)/snapshots") && DurableFile.exists("\(path)/packs")
+        guard layout || DurableFile.exists(path) else {
+            throw RepositoryError(.notARepository, "\(path) is not a repository (no such directory); check the path or create one with `tessera init`")
+        }
+        return try check(store: LocalObjectStore(root: path), describedAs: path, hasLayout: layout, options: options,
+                         cancellation: cancellation, progress: progress)
+    }
+
+    /// Checks the repository in `store`, like `check(path:)`. Without a config, the store
+    /// is taken for a damaged repository (a finding) when `hasLayout` says so, or by default
+    /// when it holds snapshot records or packs; otherwise it is not a repository (throws).
+    public static func check(store: any ObjectStore, describedAs label: String = "the object store", hasLayout: Bool? = nil,
+                             options: CheckOptions = CheckOptions(), cancellation: Cancellation? = nil,
+                             progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
         let started = Date()
         do {
-            let repo = try Repository.open(at: path)
+            let repo = try Repository.open(store: store, describedAs: label)
             return try check(repo, options: options, cancellation: cancellation, progress: progress)
         } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
-            let store = LocalObjectStore(root: path)
-            // No config and no repository layout either: this is not a repository.
-            if e.code == .notARepository && (!DurableFile.exists("\(path)/snapshots") || !DurableFile.exists("\(path)/packs")) { throw e }
             let ids = (try? store.list(.snapshot).map(\.name)) ?? []
-            let what = e.code == .damaged ? e.message : "the config file is missing but the directory holds a repository's objects"
+            let layout = try hasLayout ?? (!ids.isEmpty || !store.list(.pack).isEmpty)
+            // No config and no repository layout either: this is not a repository.
+            if e.code == .notARepository && !layout { throw e }
+            let what = e.code == .damaged ? e.message : "the config file is missing but \(label) holds a repository's objects"
             let finding = CheckFinding(kind: .config, object: "config",
                                        problem: "\(what); restore the config from a copy of the repository: nothing can be read without it",
                                        damage: ids.map { SnapshotDamage(snapshot: $0, disk: "?", ranges: []) })
@@ -59,18 +76,56 @@ public enum RepositoryChecker {
         }
     }
 
-    /// Checks an open repository.
-    /// - Parameter cancellation: stops the check between packs (it then throws `Cancelled`);
-    ///   nothing is set aside by a cancelled check.
+    /// Checks an open repository: plans from the listings, then carries the plan out.
+    /// - Parameter cancellation: stops the check between objects and between packs (it then
+    ///   throws `Cancelled`); a cancelled check sets nothing aside.
     public static func check(_ repo: Repository, options: CheckOptions = CheckOptions(), cancellation: Cancellation? = nil,
                              progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
         let started = Date()
+        let plan = try plan(repo, options: options)
+        var report = try execute(plan, in: repo, cancellation: cancellation, progress: progress)
+        report.summary.seconds = Date().timeIntervalSince(started)
+        return report
+    }
+
+    /// What a check of `repo` would read (the dry run's answer). Reads only listings.
+    public static func plan(_ repo: Repository, options: CheckOptions = CheckOptions()) throws -> CheckPlan {
+        CheckPlan.make(try inventory(repo), options: options)
+    }
+
+    /// What the check will look at: listings (with pack sizes) and the index, read-only.
+    ///
+    /// Listed in the order a backup writes them (packs, then index, then the record, each
+    /// durable before the next), backwards: the records first, then the index is reloaded,
+    /// then the packs. So a backup committing meanwhile is not in the plan at all, or every
+    /// chunk its record needs is indexed and every pack it wrote is listed.
+    public static func inventory(_ repo: Repository) throws -> CheckInventory {
+        var inventory = CheckInventory()
+        inventory.snapshots = try repo.snapshotIDs()
+        try repo.reloadIndex()
+        inventory.setAside = try repo.setAsideList().map { SetAsideRecord(chunk: $0.chunk, pack: $0.pack) }
+        for key in try repo.store.list(.pack) {
+            guard let id = Digest128(hex: key.name) else { continue }
+            // A pack gone since it was listed (a check without a lock, beside a prune) is missing.
+            if let size = try? repo.store.size(key) { inventory.packSizes[id] = size }
+        }
+        inventory.indexed = try repo.primaryEntriesByPack()
+        inventory.indexFiles = try repo.store.list(.index).map(\.name)
+        inventory.diskMaps = try repo.store.list(.diskMap)
+        inventory.mapPages = try repo.store.list(.mapPage)
+        return inventory
+    }
+
+    /// Carries a plan out: reads what it says and nothing more.
+    /// - Parameter cancellation: stops between objects and between packs (`Cancelled`);
+    ///   a cancelled check sets nothing aside.
+    public static func execute(_ plan: CheckPlan, in repo: Repository, cancellation: Cancellation? = nil,
+                               progress: @escaping @Sendable (CheckProgress) -> Void = { _ in }) throws -> Report {
+        let started = Date()
+        let options = plan.options
         var summary = CheckSummary()
         var findings: [CheckFinding] = []
-        let walk = try ReferenceWalk.walk(repo)
-        // After the walk: a backup running beside check indexes its chunks before it commits
-        // its record, so every chunk of every snapshot walked is in the index loaded now.
-        try repo.reloadIndex()
+        let walk = try ReferenceWalk.walk(repo, snapshotIDs: plan.snapshots, cancellation: cancellation)
         summary.snapshots = walk.records.count + walk.damagedRecords.count
         summary.diskMaps = walk.maps.count
         summary.mapPages = walk.pages.count
@@ -86,26 +141,20 @@ public enum RepositoryChecker {
         }
 
         // Packs: every listed pack's trailer, every indexed pack's existence, and the data.
-        let aside = try repo.setAsideList()
-        summary.setAsideBefore = aside.count
-        let packsWithAside = Set(aside.map(\.pack))
-        let listed = Set(try repo.store.list(.pack).compactMap { Digest128(hex: $0.name) })
-        let primary = try repo.primaryEntriesByPack()
-        let all = listed.union(primary.keys).sorted()
-        summary.packs = listed.count
-        summary.indexFiles = try repo.store.list(.index).count
-        let results = try checkPacks(repo, all, listed: listed, primary: primary, packsWithAside: packsWithAside,
-                                     options: options, cancellation: cancellation, progress: progress)
+        summary.setAsideBefore = plan.setAside.count
+        summary.packs = plan.listedPacks
+        summary.indexFiles = plan.indexFiles.count
+        let results = try checkPacks(repo, plan, cancellation: cancellation, progress: progress)
         for r in results where r.read {
             summary.packsRead += 1
             summary.chunksRead += r.chunksRead
             summary.bytesRead += r.size
         }
-        summary.unindexedPacks = listed.subtracting(primary.keys).count
-        summary.unreferencedPacks = listed.filter { p in !(primary[p] ?? []).contains { walk.chunks.contains($0.chunk) } }.count
+        summary.unindexedPacks = plan.packs.count { $0.listed && $0.entries.isEmpty }
+        summary.unreferencedPacks = plan.packs.count { p in p.listed && !p.entries.contains { walk.chunks.contains($0.chunk) } }
         let liveMaps = Set(walk.maps.keys), livePages = Set(walk.pages.keys)
-        summary.unreferencedDiskMaps = try repo.store.list(.diskMap).filter { Digest128(hex: $0.name).map { !liveMaps.contains($0) } ?? true }.count
-        summary.unreferencedMapPages = try repo.store.list(.mapPage).filter { Digest128(hex: $0.name).map { !livePages.contains($0) } ?? true }.count
+        summary.unreferencedDiskMaps = plan.diskMaps.count { Digest128(hex: $0.name).map { !liveMaps.contains($0) } ?? true }
+        summary.unreferencedMapPages = plan.mapPages.count { Digest128(hex: $0.name).map { !livePages.contains($0) } ?? true }
 
         // Chunks whose damage needs mapping back through the disk maps.
         var needDamage = Set<ChunkID>()
@@ -146,7 +195,7 @@ public enum RepositoryChecker {
 
         // Referenced chunks that no index lists.
         if !unindexed.isEmpty {
-            let asideChunks = Set(aside.map(\.chunk))
+            let asideChunks = Set(plan.setAside.map(\.chunk))
             var inTrailers: [ChunkID: PackID] = [:]
             for r in results { for e in r.trailer where unindexed.contains(e.id) { inTrailers[e.id] = r.id } }
             let findable = unindexed.filter { inTrailers[$0] != nil && !asideChunks.contains($0) }
@@ -247,24 +296,21 @@ public enum RepositoryChecker {
         var chunksRead = 0
     }
 
-    private static func checkPacks(_ repo: Repository, _ packs: [PackID], listed: Set<PackID>, primary: [PackID: [IndexEntry]],
-                                   packsWithAside: Set<PackID>, options: CheckOptions, cancellation: Cancellation?,
+    private static func checkPacks(_ repo: Repository, _ plan: CheckPlan, cancellation: Cancellation?,
                                    progress: @escaping @Sendable (CheckProgress) -> Void) throws -> [PackResult] {
-        let sizes = packs.map { listed.contains($0) ? (try? repo.store.size(ObjectKey(.pack, $0.hex))) ?? 0 : 0 }
-        let total = zip(packs, sizes).reduce(UInt64(0)) { $0 + (options.readData.selects($1.0) ? $1.1 : 0) }
+        let packs = plan.packs
+        let total = plan.bytesToRead
         let next = Atomic<Int>(0)
         let done = Mutex<(packs: Int, bytes: UInt64)>((0, 0))
         let results = Mutex<[PackResult]>([])
-        let workers = min(options.workers, max(packs.count, 1))
+        let workers = min(plan.options.workers, max(packs.count, 1))
         // Workers, not `forEach`: each keeps one decompression buffer for all its packs.
         try WorkerGroup.run(workers: workers, cancellation: cancellation) { _, stop in
             var buffer = [UInt8](repeating: 0, count: repo.config.chunkSize)
             while !stop.isSet {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 guard i < packs.count else { return }
-                let id = packs[i]
-                let r = checkPack(repo, id, exists: listed.contains(id), entries: primary[id] ?? [], readData: options.readData.selects(id),
-                                  hasAside: packsWithAside.contains(id), buffer: &buffer)
+                let r = checkPack(repo, packs[i], buffer: &buffer)
                 results.withLock { $0.append(r) }
                 let p = done.withLock { d -> CheckProgress in
                     d.packs += 1
@@ -277,10 +323,10 @@ public enum RepositoryChecker {
         return results.withLock { $0 }.sorted { $0.id < $1.id }
     }
 
-    private static func checkPack(_ repo: Repository, _ id: PackID, exists: Bool, entries: [IndexEntry], readData: Bool,
-                                  hasAside: Bool, buffer: inout [UInt8]) -> PackResult {
+    private static func checkPack(_ repo: Repository, _ pack: CheckPlan.Pack, buffer: inout [UInt8]) -> PackResult {
+        let (id, entries, readData, hasAside) = (pack.id, pack.entries, pack.readWhole, pack.hasSetAside)
         var r = PackResult(id: id)
-        guard exists else {
+        guard pack.listed else {
             r.problem = "missing (the index lists \(entries.count) chunks in it); the chunks are set aside so the next backup stores them again"
             r.lost = entries
             return r

@@ -1,5 +1,6 @@
 import BlockIO
 import Foundation
+import Logging
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -105,10 +106,11 @@ extension Repository {
     }
 
     /// The lock of a command that only reads (see `ReadLocking`).
-    /// - Parameter warn: told when the command runs without a lock it was meant to take.
+    /// - Parameter logger: told, at `.warning`, when the command runs without a lock it was
+    ///   meant to take.
     /// - Returns: the lock, or nil when the command runs without one.
     /// - Throws: `.locked` when another process holds the exclusive lock (a prune).
-    public func lockForReading(_ locking: ReadLocking, warn: (String) -> Void) throws -> RepositoryLock? {
+    public func lockForReading(_ locking: ReadLocking, logger: Logger) throws -> RepositoryLock? {
         guard locking == .shared else { return nil }
         do {
             return try lock(.shared)
@@ -121,7 +123,7 @@ extension Repository {
                                       object: "lock \(conflict.id)")
             }
             let why = (e.cause as? BlockIOError)?.errno.map { "\($0)" } ?? e.message
-            warn("warning: the repository is read-only here (cannot write a lock file: \(why)), so this runs without a lock; a prune running elsewhere could delete what it reads. --no-lock skips the lock on purpose, without this warning")
+            logger.warning("warning: the repository is read-only here (cannot write a lock file: \(why)), so this runs without a lock; a prune running elsewhere could delete what it reads. --no-lock skips the lock on purpose, without this warning")
             return nil
         }
     }

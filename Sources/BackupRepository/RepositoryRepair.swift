@@ -1,6 +1,8 @@
 import BlockIO
 import Codecs
 import Foundation
+import Logging
+import Workers
 
 /// `repair index` and `repair snapshots`: explicit, conservative repairs. Nothing is
 /// zero-filled and no snapshot is deleted unless asked.
@@ -19,21 +21,27 @@ public enum RepositoryRepair {
     /// Rebuilds the index from the packs alone: one new index file listing every chunk
     /// whose envelope verifies, written and made durable before every other index file is
     /// deleted. The caller holds the exclusive lock.
-    public static func rebuildIndex(_ repo: Repository, log: @Sendable (String) -> Void = { _ in }) throws -> IndexReport {
+    /// - Parameters:
+    ///   - cancellation: stops the rebuild between packs, before anything is written; a
+    ///     cancelled rebuild changes nothing.
+    ///   - logger: notes for the operator, at `.notice` (packs skipped or walked).
+    public static func rebuildIndex(_ repo: Repository, cancellation: Cancellation? = nil,
+                                    logger: Logger = Logger(label: "tessera.repair", factory: { _ in SwiftLogNoOpLogHandler() })) throws -> IndexReport {
         var report = IndexReport()
         let store = repo.store
         var entries: [IndexEntry] = []
         // Never opened (a FIFO would block the rebuild forever); named so the operator can
         // move them out.
         for e in try store.irregularEntries() {
-            log("\(e.path) skipped: not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle); move it out of the repository")
+            logger.notice("\(e.path) skipped: not a regular file (\(e.what)) but named like \(e.kind.nounWithArticle); move it out of the repository")
         }
         for key in try store.list(.pack) {
             guard let pack = Digest128(hex: key.name) else { continue }
+            try cancellation?.check()
             report.packs += 1
             let bytes: [UInt8]
             do { bytes = try store.get(key) } catch {
-                log("pack \(pack.short)… cannot be read (\(error)); skipped")
+                logger.notice("pack \(pack.short)… cannot be read (\(error)); skipped")
                 continue
             }
             var found: [PackEntry]
@@ -41,7 +49,7 @@ public enum RepositoryRepair {
                 found = try PackFile.parse(bytes, id: pack, verifyEnvelopes: false)
             } catch {
                 report.packsWalked += 1
-                log("pack \(pack.short)…: \(RepositoryChecker.why(RepositoryError(.damaged, "\(error)"))); walking its envelopes")
+                logger.notice("pack \(pack.short)…: \(RepositoryChecker.why(RepositoryError(.damaged, "\(error)"))); walking its envelopes")
                 found = PackScan.walkEnvelopes(bytes, id: pack)
             }
             for e in found {
@@ -52,6 +60,8 @@ public enum RepositoryRepair {
                 entries.append(IndexEntry(chunk: e.id, pack: pack, offset: e.offset, length: e.length, rawLength: e.rawLength))
             }
         }
+        // The last moment to stop with nothing changed.
+        try cancellation?.check()
         report.chunksIndexed = entries.count
         let old = try store.list(.index).map(\.name)
         let (name, bytes) = IndexFile.encode(entries)
@@ -90,8 +100,10 @@ public enum RepositoryRepair {
     /// The snapshots a structural check finds unrestorable, with their lost ranges. With
     /// `forget`, their records are deleted (caller holds the exclusive lock); their data
     /// stays until prune.
-    public static func damagedSnapshots(_ repo: Repository, forget: Bool) throws -> [DamagedSnapshot] {
-        let report = try RepositoryChecker.check(repo, options: CheckOptions(readData: .none, setAside: false))
+    /// - Parameter cancellation: stops the check (`Cancelled`) before anything is forgotten.
+    public static func damagedSnapshots(_ repo: Repository, forget: Bool, cancellation: Cancellation? = nil) throws -> [DamagedSnapshot] {
+        let report = try RepositoryChecker.check(repo, options: CheckOptions(readData: .none, setAside: false),
+                                                 cancellation: cancellation)
         var byID: [String: DamagedSnapshot] = [:]
         for f in report.findings where f.lost {
             for d in f.damage {

@@ -7,21 +7,19 @@ import TestSupport
 
 /// The corruption matrix: every object kind damaged one way at a time; `check` reports
 /// exactly that damage, naming the object, the snapshots and the disk byte ranges.
-/// The oracles are computed from the test disks, not from the checker.
+/// The oracles are computed from the test disks, not from the checker. Every test runs on
+/// every store (a byte flipped in a file on disk, `MemoryObjectStore.tamper` in memory),
+/// except the frozen fixture's, which is a folder.
 struct CheckTests {
-    enum Damage: String, CaseIterable { case flipByte, truncate, missing, swap }
-
     /// Two snapshots of two different disks: two packs, two index files, two maps, two pages.
     struct Scene {
-        let dir: TemporaryDirectory
-        let path: String
+        let t: TestRepository
         let disks: [TestDisk]
         let records: [SnapshotRecord]
 
-        init() throws {
-            dir = try TemporaryDirectory("check")
-            path = dir.path + "/repo"
-            let repo = try Repository.initialize(at: path, chunkSize: 4096)
+        init(_ kind: StoreKind) throws {
+            t = try kind.makeStore("check")
+            let repo = try t.initialize(chunkSize: 4096)
             disks = [TestDisk.random(seed: 61, size: 4096 * 24 + 1000, chunkSize: 4096, zeroShare: 10),
                      TestDisk.random(seed: 62, size: 4096 * 20, chunkSize: 4096, zeroShare: 10)]
             var records: [SnapshotRecord] = []
@@ -29,8 +27,8 @@ struct CheckTests {
             self.records = records
         }
 
-        var store: LocalObjectStore { LocalObjectStore(root: path) }
-        func open() throws -> Repository { try Repository.open(at: path) }
+        var store: any ObjectStore { t.store }
+        func open() throws -> Repository { try t.open() }
 
         /// The byte ranges of disk `d` that hold chunks for which `pick` is true.
         func ranges(_ d: Int, where pick: (ChunkID) -> Bool) -> [ByteRange] {
@@ -74,26 +72,11 @@ struct CheckTests {
         }
 
         func damage(_ key: ObjectKey, _ how: Damage, other: ObjectKey? = nil, at position: Int? = nil) throws {
-            let p = store.path(of: key)
-            var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: p)))
-            switch how {
-            case .flipByte:
-                bytes[position ?? bytes.count / 2] ^= 0x20
-                try Data(bytes).write(to: URL(fileURLWithPath: p))
-            case .truncate:
-                try Data(bytes[0..<(position ?? bytes.count / 2)]).write(to: URL(fileURLWithPath: p))
-            case .missing:
-                try FileManager.default.removeItem(atPath: p)
-            case .swap:
-                let o = store.path(of: try #require(other))
-                let otherBytes = try Data(contentsOf: URL(fileURLWithPath: o))
-                try otherBytes.write(to: URL(fileURLWithPath: p))
-                try Data(bytes).write(to: URL(fileURLWithPath: o))
-            }
+            try t.damage(key, how, other: other, at: position)
         }
 
         func check(_ readData: DataSelection = .none, setAside: Bool = true) throws -> RepositoryChecker.Report {
-            try RepositoryChecker.check(path: path, options: CheckOptions(readData: readData, setAside: setAside))
+            try t.check(readData, setAside: setAside)
         }
     }
 
@@ -106,8 +89,9 @@ struct CheckTests {
         #expect(f.damage == damage, "damage \(f.damage) expected \(damage)", sourceLocation: sourceLocation)
     }
 
-    @Test func aCleanRepositoryChecksClean() throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases)
+    func aCleanRepositoryChecksClean(_ kind: StoreKind) throws {
+        let s = try Scene(kind)
         for mode in [DataSelection.none, .all, .percent(50), .slice(1, of: 2), .slice(2, of: 2)] {
             let r = try s.check(mode)
             #expect(r.isClean, "\(mode): \(r.findings)")
@@ -117,6 +101,7 @@ struct CheckTests {
         #expect(all.unreferencedPacks == 0 && all.unreferencedDiskMaps == 0 && all.setAsideNow == 0)
     }
 
+    /// Local only: the fixture is a folder.
     @Test func theFrozenV1FixtureChecksClean() throws {
         let dir = try TemporaryDirectory("check-fixture")
         try FileManager.default.copyItem(atPath: BuiltProducts.fixtures + "/repository-v1", toPath: dir.path + "/repo")
@@ -127,9 +112,9 @@ struct CheckTests {
 
     /// No false alarms on a busier repository: shared chunks across disks, duplicate copies
     /// stored by two writers at once, a healed set-aside copy, garbage from an abandoned writer.
-    @Test func noFalseAlarmsOnDuplicatesSharedChunksAndHealedCopies() throws {
-        let dir = try TemporaryDirectory("check-busy")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func noFalseAlarmsOnDuplicatesSharedChunksAndHealedCopies(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("check-busy")
         var disk = TestDisk.random(seed: 63, size: 4096 * 40, chunkSize: 4096, zeroShare: 20)
         // Two writers store the same chunks: two copies of each in different packs.
         let w1 = try repo.makeWriter(packTargetSize: 16 << 10), w2 = try repo.makeWriter(packTargetSize: 16 << 10)
@@ -144,16 +129,16 @@ struct CheckTests {
         // A copy set aside, then healed by the next backup.
         let victim = disk.chunk(7).withUnsafeBytes { XXH3.hash128($0) }
         try repo.setChunkAside(victim, reason: "test")
-        _ = try backup(disk, into: try Repository.open(at: dir.path), name: "a")
+        _ = try backup(disk, into: try t.open(), name: "a")
         let garbage = try repo.makeWriter(packTargetSize: 4096)
         _ = try TestDisk.random(seed: 64, size: 4096 * 4, chunkSize: 4096, zeroShare: 0).bytes.withUnsafeBytes { b in
             try garbage.store(chunk: UnsafeRawBufferPointer(rebasing: b[0..<4096]), id: XXH3.hash128(UnsafeRawBufferPointer(rebasing: b[0..<4096])))
         }
         try garbage.flush()
-        let r = try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all))
+        let r = try t.check(.all)
         #expect(r.isClean, "\(r.findings)")
         #expect(r.summary.unreferencedPacks >= 1 && r.summary.setAsideBefore == 1 && r.summary.setAsideNow == 0)
-        #expect(try verifyAllSnapshots(at: dir.path) == 3)
+        #expect(try t.verifyAllSnapshots() == 3)
     }
 
     @Test func slicesAreDisjointAndCoverEveryPack() {
@@ -170,18 +155,17 @@ struct CheckTests {
         #expect(DataSelection(subset: "8/7") == nil && DataSelection(subset: "0%") == nil && DataSelection(subset: "x") == nil)
     }
 
-    @Test(arguments: Damage.allCases)
-    func config(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func config(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let both = [SnapshotDamage(snapshot: s.records[0].id, disk: "?", ranges: []), SnapshotDamage(snapshot: s.records[1].id, disk: "?", ranges: [])]
             .sorted()
         switch how {
         case .swap:
             // Another repository's config (different chunk size) put in its place.
-            let other = try TemporaryDirectory("check-other")
-            _ = try Repository.initialize(at: other.path, chunkSize: 8192)
-            try FileManager.default.removeItem(atPath: s.store.path(of: .config))
-            try FileManager.default.copyItem(atPath: other.path + "/config", toPath: s.store.path(of: .config))
+            let (other, _) = try kind.makeRepository("check-other", chunkSize: 8192)
+            let otherConfig = try other.store.get(.config)
+            try s.t.change(.config) { $0 = otherConfig }
             expectOne(try s.check(), kind: .config, object: "config", damage: [s.whole(0), s.whole(1)].sorted())
         default:
             try s.damage(.config, how)
@@ -189,9 +173,9 @@ struct CheckTests {
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func snapshotRecord(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func snapshotRecord(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let key = ObjectKey(.snapshot, s.records[0].id)
         try s.damage(key, how, other: ObjectKey(.snapshot, s.records[1].id))
         let r = try s.check()
@@ -210,9 +194,9 @@ struct CheckTests {
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func diskMap(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func diskMap(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         try s.damage(ObjectKey(.diskMap, s.records[0].diskMap.hex), how, other: ObjectKey(.diskMap, s.records[1].diskMap.hex))
         let r = try s.check()
         if how == .swap {
@@ -224,9 +208,9 @@ struct CheckTests {
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func mapPage(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func mapPage(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let repo = try s.open()
         let pages = try (0..<2).map { try #require(try repo.readMapHeader(s.records[$0].diskMap).pages.first) }
         try s.damage(ObjectKey(.mapPage, pages[0].hex), how, other: ObjectKey(.mapPage, pages[1].hex))
@@ -240,25 +224,24 @@ struct CheckTests {
         }
     }
 
-    @Test(arguments: [Damage.flipByte, .swap])
-    func chunkPayload(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, [Damage.flipByte, .swap])
+    func chunkPayload(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let repo = try s.open()
         let pack = try s.pack(0)
         let entries = try repo.verifyPack(pack)
         // Two chunks of equal stored length (random data is stored raw) for the swap.
         let a = try #require(entries.first { e in entries.contains { $0.id != e.id && $0.length == e.length } })
         let b = try #require(entries.first { $0.id != a.id && $0.length == a.length })
-        let packPath = s.store.path(of: ObjectKey(.pack, pack.hex))
-        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: packPath)))
-        if how == .flipByte {
-            bytes[Int(a.offset) + ObjectEnvelope.headerSize + 100] ^= 0x01
-        } else {
-            let ea = Array(bytes[Int(a.offset)..<Int(a.offset) + a.length]), eb = Array(bytes[Int(b.offset)..<Int(b.offset) + b.length])
-            bytes.replaceSubrange(Int(a.offset)..<Int(a.offset) + a.length, with: eb)
-            bytes.replaceSubrange(Int(b.offset)..<Int(b.offset) + b.length, with: ea)
+        try s.t.change(ObjectKey(.pack, pack.hex)) { bytes in
+            if how == .flipByte {
+                bytes[Int(a.offset) + ObjectEnvelope.headerSize + 100] ^= 0x01
+            } else {
+                let ea = Array(bytes[Int(a.offset)..<Int(a.offset) + a.length]), eb = Array(bytes[Int(b.offset)..<Int(b.offset) + b.length])
+                bytes.replaceSubrange(Int(a.offset)..<Int(a.offset) + a.length, with: eb)
+                bytes.replaceSubrange(Int(b.offset)..<Int(b.offset) + b.length, with: ea)
+            }
         }
-        try Data(bytes).write(to: URL(fileURLWithPath: packPath))
         #expect(try s.check().isClean, "structure alone does not read payloads")
         let r = try s.check(.all)
         let victims = how == .flipByte ? [a.id] : [a.id, b.id]
@@ -274,12 +257,12 @@ struct CheckTests {
         // The next backup of the disk stores them again; everything is clean and restores.
         _ = try backup(s.disks[0], into: try s.open(), name: "disk0")
         #expect(try s.check(.all).isClean)
-        #expect(try verifyAllSnapshots(at: s.path) == 3)
+        #expect(try s.t.verifyAllSnapshots() == 3)
     }
 
-    @Test(arguments: Damage.allCases)
-    func pack(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func pack(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let repo = try s.open()
         let packs = try [s.pack(0), s.pack(1)]
         let entries = try repo.verifyPack(packs[0])
@@ -318,9 +301,9 @@ struct CheckTests {
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func indexFile(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func indexFile(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let names = try [s.indexFile(0), s.indexFile(1)]
         try s.damage(ObjectKey(.index, names[0]), how, other: ObjectKey(.index, names[1]))
         let r = try s.check()
@@ -338,13 +321,14 @@ struct CheckTests {
         // Every index problem is repaired from the packs alone.
         _ = try RepositoryRepair.rebuildIndex(try s.open())
         #expect(try s.check(.all).isClean)
-        #expect(try verifyAllSnapshots(at: s.path) == 2)
+        #expect(try s.t.verifyAllSnapshots() == 2)
     }
 
-    @Test func damagedSnapshotsAreListedWithTheirLostRangesAndForgottenOnlyWhenAsked() throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases)
+    func damagedSnapshotsAreListedWithTheirLostRangesAndForgottenOnlyWhenAsked(_ kind: StoreKind) throws {
+        let s = try Scene(kind)
         let pack = try s.pack(1)
-        try FileManager.default.removeItem(atPath: s.store.path(of: ObjectKey(.pack, pack.hex)))
+        try s.t.remove(ObjectKey(.pack, pack.hex))
         let listed = try RepositoryRepair.damagedSnapshots(try s.open(), forget: false)
         #expect(listed.map(\.snapshot) == [s.records[1].id])
         #expect(listed.first?.lost == s.ranges(1) { _ in true })

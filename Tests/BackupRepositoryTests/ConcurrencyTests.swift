@@ -15,14 +15,14 @@ func startStressWriter(repo: String, seed: UInt64, rounds: Int?) throws -> Proce
 }
 
 struct ConcurrencyTests {
-    @Test func twoWritersInOneProcessCommitCompleteSnapshots() throws {
-        let dir = try TemporaryDirectory("conc")
-        _ = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func twoWritersInOneProcessCommitCompleteSnapshots(_ kind: StoreKind) throws {
+        let (t, _) = try kind.makeRepository("conc")
         let failures = Mutex<[String]>([])
         // Separate Repository objects: separate in-memory indexes, as in two processes.
         DispatchQueue.concurrentPerform(iterations: 2) { w in
             do {
-                let repo = try Repository.open(at: dir.path)
+                let repo = try t.open()
                 for round in 0..<6 {
                     let lock = try repo.lock(.shared)
                     // Half of each disk is shared between the writers: both may store those chunks.
@@ -36,7 +36,7 @@ struct ConcurrencyTests {
             }
         }
         #expect(failures.withLock { $0 } == [])
-        #expect(try verifyAllSnapshots(at: dir.path) == 12)
+        #expect(try t.verifyAllSnapshots() == 12)
     }
 
     @Test func twoWriterProcessesCommitCompleteSnapshots() throws {

@@ -5,51 +5,33 @@ import Testing
 import TestSupport
 
 /// Every object kind damaged one way at a time: reading it fails with an error that names
-/// the object, and nothing crashes.
+/// the object, and nothing crashes. On every store (`MemoryObjectStore.tamper` in memory).
 struct DamageTests {
-    enum Damage: String, CaseIterable { case flipByte, truncate, missing, swap }
-
     /// A repository with two snapshots of different disks: two packs, two index files,
     /// two maps, distinct pages, two records.
     struct Scene {
-        let dir: TemporaryDirectory
-        let path: String
+        let t: TestRepository
         let first: SnapshotRecord
         let second: SnapshotRecord
 
-        init() throws {
-            dir = try TemporaryDirectory("damage")
-            path = dir.path + "/repo"
-            let repo = try Repository.initialize(at: path, chunkSize: 4096)
+        init(_ kind: StoreKind) throws {
+            t = try kind.makeStore("damage")
+            let repo = try t.initialize(chunkSize: 4096)
             first = try backup(TestDisk.random(seed: 21, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
             second = try backup(TestDisk.random(seed: 22, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
         }
 
-        var store: LocalObjectStore { LocalObjectStore(root: path) }
+        var store: any ObjectStore { t.store }
+        func open() throws -> Repository { try t.open() }
 
+        /// A flipped byte goes where `position` says; a cut is always at half.
         func damage(_ key: ObjectKey, _ how: Damage, other: ObjectKey?, at position: Int? = nil) throws {
-            let p = store.path(of: key)
-            var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: p)))
-            switch how {
-            case .flipByte:
-                let i = position ?? bytes.count / 2
-                bytes[i] ^= 0x20
-                try Data(bytes).write(to: URL(fileURLWithPath: p))
-            case .truncate:
-                try Data(bytes[0..<bytes.count / 2]).write(to: URL(fileURLWithPath: p))
-            case .missing:
-                try FileManager.default.removeItem(atPath: p)
-            case .swap:
-                let o = store.path(of: try #require(other))
-                let otherBytes = try Data(contentsOf: URL(fileURLWithPath: o))
-                try otherBytes.write(to: URL(fileURLWithPath: p))
-                try Data(bytes).write(to: URL(fileURLWithPath: o))
-            }
+            try t.damage(key, how, other: other, at: how == .flipByte ? position : nil)
         }
 
         /// Reads everything a restore of `record` reads.
         func readWhole(_ record: SnapshotRecord) throws {
-            let repo = try Repository.open(at: path)
+            let repo = try open()
             _ = try restore(try repo.readSnapshot(id: record.id), from: repo)
         }
     }
@@ -66,32 +48,32 @@ struct DamageTests {
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func damagedSnapshotRecord(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func damagedSnapshotRecord(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         try s.damage(ObjectKey(.snapshot, s.first.id), how, other: ObjectKey(.snapshot, s.second.id))
-        expectNamed("snapshot \(s.first.id)") { _ = try Repository.open(at: s.path).readSnapshot(id: s.first.id) }
+        expectNamed("snapshot \(s.first.id)") { _ = try s.open().readSnapshot(id: s.first.id) }
         if how != .missing {
-            expectNamed("snapshot \(s.first.id)") { _ = try Repository.open(at: s.path).snapshots() }
+            expectNamed("snapshot \(s.first.id)") { _ = try s.open().snapshots() }
             // A listing that goes on past the damaged record still shows the good one.
-            let (records, damaged) = try Repository.open(at: s.path).readAllSnapshots()
+            let (records, damaged) = try s.open().readAllSnapshots()
             // Listed in name order, and snapshot IDs are random: compare sorted.
             #expect(damaged.compactMap(\.object).sorted() == (["snapshot \(s.first.id)"] + (how == .swap ? ["snapshot \(s.second.id)"] : [])).sorted())
             #expect(records.map(\.id) == (how == .swap ? [] : [s.second.id]))
         }
     }
 
-    @Test(arguments: Damage.allCases)
-    func damagedDiskMap(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func damagedDiskMap(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         try s.damage(ObjectKey(.diskMap, s.first.diskMap.hex), how, other: ObjectKey(.diskMap, s.second.diskMap.hex))
         expectNamed("disk map \(s.first.diskMap)") { try s.readWhole(s.first) }
     }
 
-    @Test(arguments: Damage.allCases)
-    func damagedMapPage(_ how: Damage) throws {
-        let s = try Scene()
-        let repo = try Repository.open(at: s.path)
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func damagedMapPage(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
+        let repo = try s.open()
         let (_, pages1) = try DiskMapCodec.decodeMap(repo.store.get(ObjectKey(.diskMap, s.first.diskMap.hex)), id: s.first.diskMap)
         let (_, pages2) = try DiskMapCodec.decodeMap(repo.store.get(ObjectKey(.diskMap, s.second.diskMap.hex)), id: s.second.diskMap)
         let page = try #require(pages1.first), other = try #require(pages2.first)
@@ -101,7 +83,7 @@ struct DamageTests {
     }
 
     func packs(_ s: Scene) throws -> (PackID, PackID) {
-        let repo = try Repository.open(at: s.path)
+        let repo = try s.open()
         let map = try repo.readDiskMap(s.first.diskMap)
         let id = try #require((0..<map.count).compactMap { map[$0] }.first)
         let p1 = try #require(repo.location(of: id)).pack
@@ -109,39 +91,40 @@ struct DamageTests {
         return (p1, p2)
     }
 
-    @Test(arguments: Damage.allCases)
-    func damagedPack(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func damagedPack(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let (pack, other) = try packs(s)
         try s.damage(ObjectKey(.pack, pack.hex), how, other: ObjectKey(.pack, other.hex))
         expectNamed("pack \(pack)") { try s.readWhole(s.first) }
-        expectNamed("pack \(pack)") { _ = try Repository.open(at: s.path).verifyPack(pack) }
+        expectNamed("pack \(pack)") { _ = try s.open().verifyPack(pack) }
     }
 
     /// A flipped byte anywhere in a pack (header, an envelope header, a payload, the
     /// trailer, the footer) is found by verifyPack, and named.
-    @Test func aFlippedByteAnywhereInAPackIsFound() throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases)
+    func aFlippedByteAnywhereInAPackIsFound(_ kind: StoreKind) throws {
+        let s = try Scene(kind)
         let (pack, _) = try packs(s)
-        let size = Int(try s.store.size(ObjectKey(.pack, pack.hex)))
+        let key = ObjectKey(.pack, pack.hex)
+        let size = Int(try s.store.size(key))
         for position in [1, 8, 8 + 20, 8 + 48 + 100, size / 2, size - 40, size - 10, size - 1] {
-            let p = s.store.path(of: ObjectKey(.pack, pack.hex))
-            let original = try Data(contentsOf: URL(fileURLWithPath: p))
-            try s.damage(ObjectKey(.pack, pack.hex), .flipByte, other: nil, at: position)
-            expectNamed("pack \(pack)") { _ = try Repository.open(at: s.path).verifyPack(pack) }
-            try original.write(to: URL(fileURLWithPath: p))
+            let original = try s.store.get(key)
+            try s.damage(key, .flipByte, other: nil, at: position)
+            expectNamed("pack \(pack)") { _ = try s.open().verifyPack(pack) }
+            try s.t.change(key) { $0 = original }
         }
-        _ = try Repository.open(at: s.path).verifyPack(pack)
+        _ = try s.open().verifyPack(pack)
     }
 
-    @Test(arguments: Damage.allCases)
-    func damagedIndexFile(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, Damage.allCases)
+    func damagedIndexFile(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         let names = try s.store.list(.index).map(\.name)
         #expect(names.count == 2)
         try s.damage(ObjectKey(.index, names[0]), how, other: ObjectKey(.index, names[1]))
         // Opening still works (repair needs it); the damaged file is reported and named.
-        let repo = try Repository.open(at: s.path)
+        let repo = try s.open()
         if how == .missing {
             // Its chunks are gone from the index: restoring whichever snapshot used them fails, naming a chunk.
             #expect(throws: RepositoryError.self) {
@@ -163,11 +146,11 @@ struct DamageTests {
         }
     }
 
-    @Test(arguments: [Damage.flipByte, .truncate, .missing])
-    func damagedConfig(_ how: Damage) throws {
-        let s = try Scene()
+    @Test(arguments: StoreKind.allCases, [Damage.flipByte, .truncate, .missing])
+    func damagedConfig(_ kind: StoreKind, _ how: Damage) throws {
+        let s = try Scene(kind)
         try s.damage(.config, how, other: nil, at: 40)
-        let e = #expect(throws: RepositoryError.self) { _ = try Repository.open(at: s.path) }
+        let e = #expect(throws: RepositoryError.self) { _ = try s.open() }
         #expect(e?.object == "config")
         #expect(e?.code == (how == .missing ? .notARepository : .damaged))
     }

@@ -7,41 +7,38 @@ import TestSupport
 /// The hooks the later check/repair/prune work builds on: set a damaged chunk aside so the
 /// next backup heals it, rebuild a lost index from the packs alone, list every object.
 struct HealingTests {
-    @Test func aChunkSetAsideIsStoredAgainByTheNextBackupWhichHealsOldSnapshots() throws {
-        let dir = try TemporaryDirectory("heal")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func aChunkSetAsideIsStoredAgainByTheNextBackupWhichHealsOldSnapshots(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("heal")
         let disk = TestDisk.random(seed: 41, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
         let old = try backup(disk, into: repo)
         // Damage one chunk's payload inside its pack.
         let victim = disk.chunk(5).withUnsafeBytes { XXH3.hash128($0) }
         let loc = try #require(repo.location(of: victim))
-        let packPath = LocalObjectStore(root: dir.path).path(of: ObjectKey(.pack, loc.pack.hex))
-        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: packPath)))
-        bytes[Int(loc.offset) + ObjectEnvelope.headerSize + 7] ^= 1
-        try Data(bytes).write(to: URL(fileURLWithPath: packPath))
+        try t.change(ObjectKey(.pack, loc.pack.hex)) { $0[Int(loc.offset) + ObjectEnvelope.headerSize + 7] ^= 1 }
         #expect((#expect(throws: RepositoryError.self) { _ = try restore(old, from: repo) })?.object == "pack \(loc.pack)")
 
         #expect(try repo.setChunkAside(victim, reason: "test: flipped bit") == loc.pack)
         #expect(!repo.contains(victim))
-        #expect(!(try Repository.open(at: dir.path)).contains(victim))
+        #expect(!(try t.open()).contains(victim))
         // The next backup of the same disk stores exactly that chunk again...
-        let next = try backup(disk, into: try Repository.open(at: dir.path))
+        let next = try backup(disk, into: try t.open())
         #expect(next.stats.chunksNew == 1)
         // ...and the old snapshot restores whole again.
-        let reopened = try Repository.open(at: dir.path)
+        let reopened = try t.open()
         #expect(try restore(old, from: reopened) == disk.bytes)
         #expect(reopened.location(of: victim)?.pack != loc.pack)
         #expect(try reopened.store.list(.setAside).count == 1)
     }
 
-    @Test func lostIndexFilesAreRebuiltFromThePacksAlone() throws {
-        let dir = try TemporaryDirectory("heal")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func lostIndexFilesAreRebuiltFromThePacksAlone(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("heal")
         let disk = TestDisk.random(seed: 42, size: 4096 * 64, chunkSize: 4096, zeroShare: 10)
         let record = try backup(disk, into: repo, packTargetSize: 40 << 10)
-        let store = LocalObjectStore(root: dir.path)
+        let store = t.store
         for key in try store.list(.index) { try store.delete(key) }
-        let blind = try Repository.open(at: dir.path)
+        let blind = try t.open()
         #expect(throws: RepositoryError.self) { _ = try restore(record, from: blind) }
         // Every pack describes itself: walk them, write one new index.
         var entries: [IndexEntry] = []
@@ -53,9 +50,10 @@ struct HealingTests {
         }
         try blind.writeIndexFile(entries)
         #expect(try restore(record, from: blind) == disk.bytes)
-        #expect(try restore(record, from: try Repository.open(at: dir.path)) == disk.bytes)
+        #expect(try restore(record, from: try t.open()) == disk.bytes)
     }
 
+    /// Local only: about files on disk.
     @Test func everyObjectIsListedAndLeftoversAreNot() throws {
         let dir = try TemporaryDirectory("heal")
         let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)

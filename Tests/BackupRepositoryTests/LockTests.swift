@@ -4,9 +4,9 @@ import Testing
 import TestSupport
 
 struct LockTests {
-    @Test func sharedLocksCoexistAndExclusiveIsRefusedWithTheLockedCode() throws {
-        let dir = try TemporaryDirectory("lock")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func sharedLocksCoexistAndExclusiveIsRefusedWithTheLockedCode(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("lock", chunkSize: 4096)
         let a = try repo.lock(.shared)
         let b = try repo.lock(.shared)
         let e = #expect(throws: RepositoryError.self) { _ = try repo.lock(.exclusive) }
@@ -19,7 +19,7 @@ struct LockTests {
         #expect(try repo.locks().isEmpty)
         let x = try repo.lock(.exclusive)
         #expect((#expect(throws: RepositoryError.self) { _ = try repo.lock(.shared) })?.code == .locked)
-        #expect((#expect(throws: RepositoryError.self) { _ = try Repository.open(at: dir.path).lock(.exclusive) })?.code == .locked)
+        #expect((#expect(throws: RepositoryError.self) { _ = try t.open().lock(.exclusive) })?.code == .locked)
         try x.refresh()
         #expect(try repo.locks().count == 1)
         try x.release()
@@ -39,9 +39,10 @@ struct LockTests {
         try repo.store.put(ObjectKey(.lock, info.id), Array(JSONEnvelope.encoder().encode(info)), syncNow: true)
     }
 
-    @Test func aLockOfADeadProcessIsStaleIgnoredAndRemovable() throws {
-        let dir = try TemporaryDirectory("lock")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func aLockOfADeadProcessIsStaleIgnoredAndRemovable(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("lock", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let now = Date()
         let dead = LockInfo(id: "dead0000000000000000000000000001", kind: .exclusive, host: currentHostName(),
                             pid: try deadPID(), started: now, refreshed: now)

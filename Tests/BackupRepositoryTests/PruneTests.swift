@@ -8,13 +8,13 @@ import TestSupport
 
 /// Prune: after forget + prune every remaining snapshot restores byte-identical, check is
 /// clean and space was freed; a fault at any write step leaves a repository that a rerun
-/// finishes; prune refuses when it cannot tell what is live.
+/// finishes; prune refuses when it cannot tell what is live. Every test runs on every store.
 struct PruneTests {
     /// Eight nightly snapshots of one evolving disk in small packs, plus the garbage of a
-    /// killed backup (packs no index names), a pack stream a killed backup left half
-    /// written, and a leftover temp file.
-    static func makeRepository(at path: String) throws -> [SnapshotRecord] {
-        let repo = try Repository.initialize(at: path, chunkSize: 4096)
+    /// killed backup (packs no index names) and, on disk, a pack stream a killed backup left
+    /// half written and a leftover temp file (a store of whole objects has no leftovers).
+    static func makeRepository(_ kind: StoreKind, _ label: String) throws -> (TestRepository, [SnapshotRecord]) {
+        let (t, repo) = try kind.makeRepository(label)
         var disk = TestDisk.random(seed: 71, size: 4096 * 48, chunkSize: 4096, zeroShare: 10)
         var records: [SnapshotRecord] = []
         for night in 0..<8 {
@@ -33,71 +33,71 @@ struct PruneTests {
         let killed = try repo.makeWriter()
         let c = g.bytes(4096)
         _ = try c.withUnsafeBytes { try killed.store(chunk: $0, id: XXH3.hash128($0)) }
-        let store = LocalObjectStore(root: path)
-        #expect(try store.leftovers().filter { $0.hasPrefix("packs/stream.tmp-") }.count == 1)
-        let pack = try #require(try store.list(.pack).first)
-        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: store.path(of: pack) + ".tmp-999999-1"))
-        return records
+        if let store = t.store as? LocalObjectStore {
+            #expect(try store.leftovers().filter { $0.hasPrefix("packs/stream.tmp-") }.count == 1)
+            let pack = try #require(try store.list(.pack).first)
+            try Data([1, 2, 3]).write(to: URL(fileURLWithPath: store.path(of: pack) + ".tmp-999999-1"))
+        }
+        return (t, records)
     }
 
-    @Test func forgetThenPruneFreesSpaceAndEveryRemainingSnapshotRestores() throws {
-        let dir = try TemporaryDirectory("prune")
-        let records = try Self.makeRepository(at: dir.path)
-        let repo = try Repository.open(at: dir.path)
+    @Test(arguments: StoreKind.allCases)
+    func forgetThenPruneFreesSpaceAndEveryRemainingSnapshotRestores(_ kind: StoreKind) throws {
+        let (t, records) = try Self.makeRepository(kind, "prune")
+        let repo = try t.open()
         let before = try RepositoryChecker.check(repo, options: CheckOptions(readData: .all))
         #expect(before.isClean && before.summary.unindexedPacks > 0)
 
         let decisions = try Retention.forget(RetentionPolicy(keepLast: 3), in: repo)
         #expect(decisions.filter(\.keep).map(\.snapshot.id) == records.suffix(3).reversed().map(\.id))
         let report = try Pruner.prune(repo)
-        #expect(report.bytesFreed > 0 && report.packsDeleted > 0 && report.diskMapsDeleted == 5 && report.leftoversDeleted == 2)
-        #expect(try verifyAllSnapshots(at: dir.path) == 3)
-        let after = try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all))
+        #expect(report.bytesFreed > 0 && report.packsDeleted > 0 && report.diskMapsDeleted == 5)
+        #expect(report.leftoversDeleted == (kind == .local ? 2 : 0))
+        #expect(try t.verifyAllSnapshots() == 3)
+        let after = try t.check(.all)
         #expect(after.isClean, "\(after.findings)")
         #expect(after.summary.unreferencedPacks == 0 && after.summary.unreferencedDiskMaps == 0 && after.summary.unreferencedMapPages == 0)
         #expect(after.summary.unindexedPacks == 0 && after.summary.indexFiles == 1)
-        #expect(try LocalObjectStore(root: dir.path).leftovers().isEmpty)
+        #expect(try t.store.leftovers().isEmpty)
 
         // A second prune finds nothing to do.
-        let again = try Pruner.prune(try Repository.open(at: dir.path))
+        let again = try Pruner.prune(try t.open())
         #expect(again.packsDeleted == 0 && again.packsRepacked == 0 && again.bytesFreed == 0)
     }
 
-    @Test func aDryRunChangesNothing() throws {
-        let dir = try TemporaryDirectory("prune")
-        _ = try Self.makeRepository(at: dir.path)
-        let repo = try Repository.open(at: dir.path)
+    @Test(arguments: StoreKind.allCases)
+    func aDryRunChangesNothing(_ kind: StoreKind) throws {
+        let (t, _) = try Self.makeRepository(kind, "prune")
+        let repo = try t.open()
         _ = try Retention.forget(RetentionPolicy(keepLast: 2), in: repo)
-        let files = filesUnder(dir.path)
+        let contents = try t.contents()
         let plan = try Pruner.prune(repo, options: PruneOptions(dryRun: true))
         #expect(plan.packsDeleted + plan.packsRepacked > 0)
-        #expect(filesUnder(dir.path) == files)
+        #expect(try t.contents() == contents)
     }
 
     /// Every write step of a prune fails in turn (as a crash there would stop it); a rerun
-    /// then finishes, and every snapshot still restores.
-    @Test func aPruneStoppedAtAnyWriteStepIsFinishedByARerun() throws {
-        let base = try TemporaryDirectory("prune-base")
-        let records = try Self.makeRepository(at: base.path + "/repo")
-        _ = try Retention.forget(RetentionPolicy(keepLast: 4), in: try Repository.open(at: base.path + "/repo"))
+    /// then finishes, and every snapshot still restores. (The steps are a local store's own,
+    /// fsyncs and renames included, or `FaultingStore`'s around each write on other stores.)
+    @Test(arguments: StoreKind.allCases)
+    func aPruneStoppedAtAnyWriteStepIsFinishedByARerun(_ kind: StoreKind) throws {
+        let (base, records) = try Self.makeRepository(kind, "prune-base")
+        _ = try Retention.forget(RetentionPolicy(keepLast: 4), in: try base.open())
         // Count the steps.
-        let probe = try TemporaryDirectory("prune-probe")
-        try FileManager.default.copyItem(atPath: base.path + "/repo", toPath: probe.path + "/repo")
         let counting = FaultPlan(failAt: nil)
-        _ = try Pruner.prune(try Repository.open(store: LocalObjectStore(root: probe.path + "/repo", faultHook: counting.hook)))
+        let probe = try base.copy("prune-probe")
+        _ = try Pruner.prune(try probe.openFaulty(counting))
+        withExtendedLifetime(probe) {}
         let steps = counting.points.count
         #expect(steps > 5)
         for n in 0..<steps {
-            let dir = try TemporaryDirectory("prune-fault")
-            try FileManager.default.copyItem(atPath: base.path + "/repo", toPath: dir.path + "/repo")
+            let t = try base.copy("prune-fault")
             let plan = FaultPlan(failAt: n)
-            #expect(throws: (any Error).self) {
-                _ = try Pruner.prune(try Repository.open(store: LocalObjectStore(root: dir.path + "/repo", faultHook: plan.hook)))
-            }
-            #expect(try verifyAllSnapshots(at: dir.path + "/repo") == 4, "after a fault at step \(n) \(plan.points.last.map { "\($0)" } ?? "")")
-            _ = try Pruner.prune(try Repository.open(at: dir.path + "/repo"))
-            #expect(try verifyAllSnapshots(at: dir.path + "/repo") == 4)
-            #expect(try RepositoryChecker.check(try Repository.open(at: dir.path + "/repo"), options: CheckOptions(readData: .all)).isClean)
+            #expect(throws: (any Error).self) { _ = try Pruner.prune(try t.openFaulty(plan)) }
+            #expect(try t.verifyAllSnapshots() == 4, "after a fault at step \(n) \(plan.points.last.map { "\($0)" } ?? "")")
+            _ = try Pruner.prune(try t.open())
+            #expect(try t.verifyAllSnapshots() == 4)
+            #expect(try t.check(.all).isClean)
         }
         #expect(records.count == 8)
     }
@@ -105,11 +105,11 @@ struct PruneTests {
     /// On a full disk only deleting makes room, so prune deletes the wholly unreferenced
     /// packs before it writes any new pack; and the crash-safety order stays: a pack is
     /// deleted only when no index file names it any more, durably.
-    @Test func pruneDeletesUnreferencedPacksBeforeRepackingAndNeverAheadOfTheIndex() throws {
-        let dir = try TemporaryDirectory("prune-order")
-        _ = try Self.makeRepository(at: dir.path)
-        _ = try Retention.forget(RetentionPolicy(keepLast: 3), in: try Repository.open(at: dir.path))
-        let store = OrderCheckingStore(base: LocalObjectStore(root: dir.path))
+    @Test(arguments: StoreKind.allCases)
+    func pruneDeletesUnreferencedPacksBeforeRepackingAndNeverAheadOfTheIndex(_ kind: StoreKind) throws {
+        let (t, _) = try Self.makeRepository(kind, "prune-order")
+        _ = try Retention.forget(RetentionPolicy(keepLast: 3), in: try t.open())
+        let store = OrderCheckingStore(base: t.store)
         let report = try Pruner.prune(try Repository.open(store: store))
         try #require(report.packsDeleted > 0 && report.packsRepacked > 0, "this repository must need both: \(report)")
         #expect(store.violations.isEmpty, "\(store.violations)")
@@ -117,8 +117,8 @@ struct PruneTests {
         let firstNewPack = try #require(events.firstIndex(of: "begin pack"), "no pack was written: \(events)")
         #expect(events[..<firstNewPack].filter { $0.hasPrefix("delete pack") }.count == report.packsDeleted,
                 "wholly unreferenced packs must be gone before repacking starts: \(events)")
-        #expect(try verifyAllSnapshots(at: dir.path) == 3)
-        #expect(try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all)).isClean)
+        #expect(try t.verifyAllSnapshots() == 3)
+        #expect(try t.check(.all).isClean)
     }
 
     /// The plan is a pure function of the inventory: what goes, what is rewritten into which
@@ -168,45 +168,44 @@ struct PruneTests {
         #expect(repackOnly.interimIndex == nil && repackOnly.report.indexFilesWritten == 1 && repackOnly.report.indexFilesDeleted == 1)
     }
 
-    @Test func pruneRefusesWhenItCannotTellWhatIsLive() throws {
-        let dir = try TemporaryDirectory("prune")
-        _ = try Self.makeRepository(at: dir.path)
-        let store = LocalObjectStore(root: dir.path)
-        let index = try #require(try store.list(.index).first)
-        var bytes = try store.get(index)
-        bytes[20] ^= 1
-        try Data(bytes).write(to: URL(fileURLWithPath: store.path(of: index)))
-        let files = filesUnder(dir.path)
-        let e = #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try Repository.open(at: dir.path)) }
+    @Test(arguments: StoreKind.allCases)
+    func pruneRefusesWhenItCannotTellWhatIsLive(_ kind: StoreKind) throws {
+        let (t, _) = try Self.makeRepository(kind, "prune")
+        let index = try #require(try t.store.list(.index).first)
+        try t.damage(index, .flipByte, at: 20)
+        let contents = try t.contents()
+        let e = #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try t.open()) }
         #expect(e?.message.contains("repair index") == true)
-        #expect(filesUnder(dir.path) == files)
+        #expect(try t.contents() == contents)
         // Repaired, prune runs and everything restores.
-        _ = try RepositoryRepair.rebuildIndex(try Repository.open(at: dir.path))
-        _ = try Pruner.prune(try Repository.open(at: dir.path))
-        #expect(try verifyAllSnapshots(at: dir.path) == 8)
+        _ = try RepositoryRepair.rebuildIndex(try t.open())
+        _ = try Pruner.prune(try t.open())
+        #expect(try t.verifyAllSnapshots() == 8)
     }
 
-    @Test func packsWithSetAsideChunksGoToQuarantineOnceHealed() throws {
-        let dir = try TemporaryDirectory("prune")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func packsWithSetAsideChunksGoToQuarantineOnceHealed(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("prune")
         let disk = TestDisk.random(seed: 72, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
         _ = try backup(disk, into: repo)
         let victim = disk.chunk(3).withUnsafeBytes { XXH3.hash128($0) }
         let pack = try #require(repo.location(of: victim)).pack
         try repo.setChunkAside(victim, reason: "test")
         // Unhealed: prune refuses rather than lose track of the chunk.
-        #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try Repository.open(at: dir.path)) }
-        _ = try backup(disk, into: try Repository.open(at: dir.path))
-        let report = try Pruner.prune(try Repository.open(at: dir.path))
+        #expect(throws: RepositoryError.self) { _ = try Pruner.prune(try t.open()) }
+        _ = try backup(disk, into: try t.open())
+        let report = try Pruner.prune(try t.open())
         #expect(report.packsQuarantined == 1)
-        #expect(FileManager.default.fileExists(atPath: "\(dir.path)/quarantine/pack-\(pack.hex).0.bad"))
-        #expect(try verifyAllSnapshots(at: dir.path) == 2)
-        #expect(try RepositoryChecker.check(try Repository.open(at: dir.path), options: CheckOptions(readData: .all)).isClean)
+        #expect(!t.store.exists(ObjectKey(.pack, pack.hex)))
+        if let path = t.path { #expect(FileManager.default.fileExists(atPath: "\(path)/quarantine/pack-\(pack.hex).0.bad")) }
+        #expect(try t.verifyAllSnapshots() == 2)
+        #expect(try t.check(.all).isClean)
     }
 
-    @Test func aLockHeldByABackupMakesPruneWaitThenFail() throws {
-        let dir = try TemporaryDirectory("prune")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func aLockHeldByABackupMakesPruneWaitThenFail(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("prune")
+        defer { withExtendedLifetime(t) {} }
         let shared = try repo.lock(.shared)
         let e = #expect(throws: RepositoryError.self) { _ = try repo.lock(.exclusive, wait: 1) }
         #expect(e?.code == .locked)
@@ -218,12 +217,12 @@ struct PruneTests {
 /// A store that records a prune's operations and checks, at every pack deletion, that no
 /// index file names the pack and that index deletions were made durable first.
 final class OrderCheckingStore: ObjectStore {
-    let base: LocalObjectStore
+    let base: any ObjectStore
     private let log = Mutex<[String]>([])
     private let problems = Mutex<[String]>([])
     private let unsyncedIndexChanges = Mutex<Bool>(false)
 
-    init(base: LocalObjectStore) { self.base = base }
+    init(base: any ObjectStore) { self.base = base }
 
     var events: [String] { log.withLock { $0 } }
     var violations: [String] { problems.withLock { $0 } }

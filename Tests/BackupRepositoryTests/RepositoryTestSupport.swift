@@ -98,7 +98,12 @@ func restore(_ record: SnapshotRecord, from repo: Repository) throws -> [UInt8] 
 /// Returns how many snapshots there are.
 @discardableResult
 func verifyAllSnapshots(at path: String) throws -> Int {
-    let repo = try Repository.open(at: path)
+    try verifyAllSnapshots(in: try Repository.open(at: path))
+}
+
+/// The same through an open repository (on any store).
+@discardableResult
+func verifyAllSnapshots(in repo: Repository) throws -> Int {
     let records = try repo.snapshots()
     for r in records {
         let bytes = try restore(r, from: repo)

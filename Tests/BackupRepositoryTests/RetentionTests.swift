@@ -89,11 +89,12 @@ struct RetentionTests {
         #expect(kept == c.kept)
     }
 
-    @Test func anEmptyPolicyIsRefused() throws {
+    @Test(arguments: StoreKind.allCases)
+    func anEmptyPolicyIsRefused(_ kind: StoreKind) throws {
         #expect(RetentionPolicy().isEmpty)
         #expect(!RetentionPolicy(keepTags: ["x"]).isEmpty)
-        let dir = try TemporaryDirectory("retention")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+        let (t, repo) = try kind.makeRepository("retention", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let e = #expect(throws: RepositoryError.self) { _ = try Retention.forget(RetentionPolicy(), in: repo) }
         #expect(e?.code == .invalidArgument)
     }

@@ -7,9 +7,9 @@ import Testing
 import TestSupport
 
 struct RoundTripTests {
-    @Test func chunksOfEverySizeAndKindRoundTrip() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 65536)
+    @Test(arguments: StoreKind.allCases)
+    func chunksOfEverySizeAndKindRoundTrip(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 65536)
         var g = SeededGenerator(seed: 1)
         let chunks: [[UInt8]] = [
             [7],
@@ -37,14 +37,15 @@ struct RoundTripTests {
             #expect(try repo.readChunk(id) == c)
         }
         // A fresh open loads the index from the index files.
-        let reopened = try Repository.open(at: dir.path)
+        let reopened = try t.open()
         for c in chunks { #expect(try reopened.readChunk(XXH3.hash128(c)) == c) }
         #expect(try reopened.readChunk(XXH3.hash128(chunks[0])) == [7])
     }
 
-    @Test func zeroChunksAreNeverStoredAndWrongIDsAreRefused() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func zeroChunksAreNeverStoredAndWrongIDsAreRefused(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let writer = try repo.makeWriter()
         let zero = [UInt8](repeating: 0, count: 4096)
         #expect(try zero.withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) } == .zero)
@@ -58,9 +59,9 @@ struct RoundTripTests {
         #expect(!repo.contains(XXH3.hash128(zero)))
     }
 
-    @Test func sameChunkStoredTwiceIsKeptOnce() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func sameChunkStoredTwiceIsKeptOnce(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
         var g = SeededGenerator(seed: 2)
         let c = g.bytes(4096)
         let id = XXH3.hash128(c)
@@ -72,7 +73,7 @@ struct RoundTripTests {
         #expect(try c.withUnsafeBytes { try w2.store(chunk: $0, id: id) } == .duplicate)
         try w2.flush()
         // After reopening, still a duplicate; exactly one copy in the packs.
-        let reopened = try Repository.open(at: dir.path)
+        let reopened = try t.open()
         let w3 = try reopened.makeWriter()
         #expect(try c.withUnsafeBytes { try w3.store(chunk: $0, id: id) } == .duplicate)
         let packs = try repo.store.list(.pack)
@@ -82,9 +83,10 @@ struct RoundTripTests {
         #expect(copies == 1)
     }
 
-    @Test func manyThreadsStoringTheSameChunksStoreEachOnce() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func manyThreadsStoringTheSameChunksStoreEachOnce(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let writer = try repo.makeWriter(packTargetSize: 64 << 10)
         var g = SeededGenerator(seed: 3)
         let chunks = (0..<200).map { _ in g.bytes(4096) }
@@ -109,9 +111,9 @@ struct RoundTripTests {
         #expect(try repo.store.list(.pack).count > 1)
     }
 
-    @Test func diskMapsWithZeroEntriesAndAPartialLastChunkRoundTrip() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func diskMapsWithZeroEntriesAndAPartialLastChunkRoundTrip(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
         // 5000 chunks (two pages) and a partial last chunk of 100 bytes.
         let disk = TestDisk.random(seed: 4, size: 4096 * 4999 + 100, chunkSize: 4096, zeroShare: 60)
         let record = try backup(disk, into: repo)
@@ -124,12 +126,13 @@ struct RoundTripTests {
             #expect(map[i] == (zero ? nil : disk.chunk(i).withUnsafeBytes { XXH3.hash128($0) }))
         }
         #expect(try restore(record, from: repo) == disk.bytes)
-        #expect(try Repository.open(at: dir.path).readDiskMap(record.diskMap) == map)
+        #expect(try t.open().readDiskMap(record.diskMap) == map)
     }
 
-    @Test func mapsThatDifferInOneEntryShareEveryOtherPage() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func mapsThatDifferInOneEntryShareEveryOtherPage(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         var disk = TestDisk.random(seed: 5, size: 4096 * 10_000, chunkSize: 4096, zeroShare: 80)
         let first = try backup(disk, into: repo)
         let pagesBefore = try repo.store.list(.mapPage).count
@@ -158,9 +161,10 @@ struct RoundTripTests {
         #expect(throws: RepositoryError.self) { try DiskMap(diskSize: 100, chunkSize: 3000) }
     }
 
-    @Test func snapshotRecordsRoundTripAndSortByTime() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func snapshotRecordsRoundTripAndSortByTime(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let disk = TestDisk.random(seed: 6, size: 4096 * 8, chunkSize: 4096)
         let writer = try repo.makeWriter()
         for i in 0..<disk.chunkCount { _ = try disk.chunk(i).withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) } }
@@ -190,9 +194,10 @@ struct RoundTripTests {
         #expect((#expect(throws: RepositoryError.self) { try repo.snapshot(matching: "../x") })?.code == .notFound)
     }
 
-    @Test func aDiskMapNamingAMissingChunkIsRefused() throws {
-        let dir = try TemporaryDirectory("rt")
-        let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
+    @Test(arguments: StoreKind.allCases)
+    func aDiskMapNamingAMissingChunkIsRefused(_ kind: StoreKind) throws {
+        let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
+        defer { withExtendedLifetime(t) {} }
         let writer = try repo.makeWriter()
         var map = try DiskMap(diskSize: 8192, chunkSize: 4096)
         map[1] = XXH3.hash128([1, 2, 3])

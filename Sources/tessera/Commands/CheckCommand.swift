@@ -1,7 +1,9 @@
 import ArgumentParser
 import BackupRepository
 import BlockIO
+import Codecs
 import Foundation
+import Workers
 
 struct CheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,13 +15,16 @@ struct CheckCommand: ParsableCommand {
             every pack is read and every chunk decompressed and re-hashed; --read-data-subset N% or \
             K/M reads a deterministic part (M runs of K=1..M cover everything). A damaged or lost \
             chunk copy is set aside, so the next backup of an affected disk stores it again \
-            (not without a lock, with --no-lock or on a read-only repository: then check writes nothing).
-            Exit codes: 0 clean, 1 damage found (or failed), 10 no repository, 11 locked.
+            (not without a lock, with --no-lock or on a read-only repository: then check writes nothing). \
+            --dry-run prints what would be read (snapshots, packs, bytes) and stops. Ctrl-C stops \
+            a check at the next pack, with nothing changed.
+            Exit codes: 0 clean, 1 damage found (or failed), 10 no repository, 11 locked, 130 cancelled (SIGINT), 143 (SIGTERM).
             """)
     @OptionGroup var repository: RepositoryOptions
     @Flag(help: "Read every pack and re-hash every chunk.") var readData = false
     @Option(help: "Read part of the packs: N% or K/M (the K-th of M disjoint slices by pack ID).") var readDataSubset: String?
     @Flag(help: "Report damaged chunks but do not set them aside.") var noSetAside = false
+    @Flag(help: "Print what the check would read and stop: nothing is read or changed.") var dryRun = false
     @OptionGroup var lockOptions: ReadLockOptions
     @Flag(help: "Print JSON lines: one per finding, then {\"type\":\"summary\", ...}.") var json = false
 
@@ -52,16 +57,24 @@ struct CheckCommand: ParsableCommand {
         }
     }
 
+    /// What a run ends with: a plan (`--dry-run`) or a report.
+    enum Outcome {
+        case plan(CheckPlan)
+        case report(RepositoryChecker.Report)
+    }
+
     func run() throws {
         var options = CheckOptions(readData: readData ? .all : readDataSubset.flatMap { DataSelection(subset: $0) } ?? .none,
                                    setAside: !noSetAside)
         options.workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
-        let bar = CheckProgressLine(json: json)
-        let report = try reportingErrors(json: json) {
+        let bar = CheckProgressLine(json: json || dryRun)
+        let signals = JobSignals()
+        let logger = CommandLogHandler.logger("tessera.check", json: json)
+        let outcome = try reportingErrors(json: json, cancelled: { "check cancelled by \($0.reason); nothing was changed" }) { () -> Outcome in
             // A shared lock: check runs beside backups, never beside prune (which deletes).
             let lock: MaintenanceLock?
             do {
-                lock = try MaintenanceLock(path: repository.path, reading: lockOptions.locking, warn: { Output.note($0) })
+                lock = try MaintenanceLock(path: repository.path, reading: lockOptions.locking, logger: logger)
             } catch let e as RepositoryError where e.object == "config" && (e.code == .damaged || e.code == .notARepository) {
                 lock = nil // the checker reports the config itself
             }
@@ -70,11 +83,47 @@ struct CheckCommand: ParsableCommand {
                 var options = options
                 // Without a lock, check writes nothing (set-aside records included).
                 if lock.lock == nil { options.setAside = false }
-                return try RepositoryChecker.check(lock.repository, options: options, progress: { bar.update($0) })
+                if dryRun { return .plan(try RepositoryChecker.plan(lock.repository, options: options)) }
+                return .report(try RepositoryChecker.check(lock.repository, options: options, cancellation: signals.cancellation,
+                                                           progress: { bar.update($0) }))
             }
-            return try RepositoryChecker.check(path: repository.path, options: options, progress: { bar.update($0) })
+            // No readable config: the report says so (a dry run has nothing else to plan).
+            return .report(try RepositoryChecker.check(path: repository.path, options: options, cancellation: signals.cancellation,
+                                                       progress: { bar.update($0) }))
         }
         bar.finish()
+        switch outcome {
+        case .plan(let plan): printPlan(plan)
+        case .report(let report): try printReport(report)
+        }
+    }
+
+    struct PlanLine: Encodable {
+        var type = "plan"
+        var snapshots: Int, indexFiles: Int, packs: Int, packsMissing: Int, packsRead: Int, bytesToRead: UInt64
+        var packsToRead: [String]
+    }
+
+    private func printPlan(_ plan: CheckPlan) {
+        let packsRead = plan.packsToRead
+        if json {
+            printJSONLine(PlanLine(snapshots: plan.snapshots.count, indexFiles: plan.indexFiles.count, packs: plan.listedPacks,
+                                   packsMissing: plan.missingPacks.count, packsRead: packsRead.count, bytesToRead: plan.bytesToRead,
+                                   packsToRead: packsRead.map(\.hex)))
+            return
+        }
+        print("check would read \(Output.count(plan.snapshots.count, "snapshot record")) with their disk maps and map pages, \(Output.count(plan.indexFiles.count, "index file")), and the trailers of \(Output.count(plan.listedPacks, "pack"))")
+        if plan.options.readData != .none {
+            let how = readData ? "--read-data" : "--read-data-subset \(readDataSubset ?? "")"
+            print("  and read \(Output.count(packsRead.count, "pack")) whole (\(Output.bytes(plan.bytesToRead))), every chunk re-hashed (\(how))")
+        }
+        if !plan.missingPacks.isEmpty {
+            print("  \(Output.count(plan.missingPacks.count, "pack")) the index names \(plan.missingPacks.count == 1 ? "is" : "are") missing: \(plan.missingPacks.prefix(4).map { $0.hex.prefix(12) + "…" }.joined(separator: ", "))")
+        }
+        print("dry run: nothing was read or changed")
+    }
+
+    private func printReport(_ report: RepositoryChecker.Report) throws {
         if json {
             for f in report.findings { printJSONLine(FindingLine(finding: f)) }
             printJSONLine(SummaryLine(clean: report.isClean, summary: report.summary))

@@ -17,7 +17,10 @@ struct DiffCommand: ParsableCommand {
 
     func run() throws {
         let (ida, idb, ranges) = try reportingErrors(json: json) {
-            try repository.withRepository(reading: lockOptions.locking) { try SnapshotDiff.ranges($0, a, b, disk: disk) }
+            // Notes go to stderr even with --json: the output is one JSON document.
+            try repository.withRepository(reading: lockOptions.locking, logger: CommandLogHandler.logger("tessera.diff", json: false)) { repo in
+                try SnapshotDiff.ranges(repo, a, b, disk: disk)
+            }
         }
         if json { Output.json(ranges.map { Range(offset: $0.offset, length: $0.length) }); return }
         for r in ranges { print("\(r.offset)\t\(r.length)") }

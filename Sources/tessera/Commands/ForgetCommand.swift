@@ -77,8 +77,10 @@ struct ForgetCommand: ParsableCommand {
             print("\(kept) kept, \(rows.count - kept) \(dryRun ? "would be forgotten" : "forgotten")")
         }
         if prune && !dryRun {
-            let report = try reportingErrors(json: json) {
-                try PruneCommand.prune(path: repository.path, threshold: 0.2, dryRun: false, wait: wait, json: json)
+            let signals = JobSignals()
+            let report = try reportingErrors(json: json, cancelled: { PruneCommand.cancelled($0, dryRun: false) }) {
+                try PruneCommand.prune(path: repository.path, threshold: 0.2, dryRun: false, wait: wait, cancellation: signals.cancellation,
+                                       logger: CommandLogHandler.logger("tessera.prune", json: json))
             }
             PruneCommand.print(report, json: json)
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BackupRepository
 import Foundation
+import Logging
 import Synchronization
 import Workers
 
@@ -11,8 +12,9 @@ struct PruneCommand: ParsableCommand {
         discussion: """
             Takes the exclusive lock: it never runs while a backup holds its shared lock (it fails \
             with "locked", exit 11, unless --wait gives it time). It can be killed at any point \
-            and run again; it never deletes a chunk a committed snapshot needs.
-            Exit codes: 0 ok, 1 failed, 10 no repository, 11 locked.
+            and run again; it never deletes a chunk a committed snapshot needs. Ctrl-C stops it \
+            at the next clean point, with the repository consistent: run prune again to finish.
+            Exit codes: 0 ok, 1 failed, 10 no repository, 11 locked, 130 cancelled (SIGINT), 143 (SIGTERM).
             """)
     @OptionGroup var repository: RepositoryOptions
     @Option(help: "Rewrite a pack when at least this percentage of it is garbage.") var repackThreshold: Double = 20
@@ -26,19 +28,30 @@ struct PruneCommand: ParsableCommand {
     }
 
     func run() throws {
-        let report = try reportingErrors(json: json) {
-            try Self.prune(path: repository.path, threshold: repackThreshold / 100, dryRun: dryRun, wait: wait, json: json)
+        let signals = JobSignals()
+        let dryRun = self.dryRun
+        let report = try reportingErrors(json: json, cancelled: { Self.cancelled($0, dryRun: dryRun) }) {
+            try Self.prune(path: repository.path, threshold: repackThreshold / 100, dryRun: dryRun, wait: wait,
+                           cancellation: signals.cancellation, logger: CommandLogHandler.logger("tessera.prune", json: json))
         }
         Self.print(report, json: json)
     }
 
-    static func prune(path: String, threshold: Double, dryRun: Bool, wait: Double, json: Bool) throws -> PruneReport {
+    /// What a cancelled prune left: a plan never changes anything; a run stops only where the
+    /// repository is consistent (as a killed one is), and a rerun finishes the job.
+    static func cancelled(_ c: Cancelled, dryRun: Bool) -> String {
+        dryRun ? "prune cancelled by \(c.reason); nothing was changed"
+            : "prune cancelled by \(c.reason); the repository is consistent, run prune again to finish"
+    }
+
+    static func prune(path: String, threshold: Double, dryRun: Bool, wait: Double, cancellation: Cancellation,
+                      logger: Logger) throws -> PruneReport {
         let lock = try MaintenanceLock(path: path, kind: .exclusive, wait: wait)
         defer { lock.release() }
         // Lock files of dead processes (a killed backup or prune) go too; nobody else holds a lock now.
         if !dryRun { _ = try? lock.repository.removeStaleLocks() }
         return try Pruner.prune(lock.repository, options: PruneOptions(repackThreshold: threshold, dryRun: dryRun),
-                                log: { message in json ? Output.json(["type": "note", "message": message]) : Output.note(message) })
+                                cancellation: cancellation, logger: logger)
     }
 
     struct ReportLine: Encodable {
@@ -76,10 +89,11 @@ final class MaintenanceLock: Sendable {
         self.init(repository, lock: try repository.lock(kind, wait: wait))
     }
 
-    /// Opens the repository and takes the lock of a command that only reads.
-    convenience init(path: String, reading locking: ReadLocking, warn: (String) -> Void) throws {
+    /// Opens the repository and takes the lock of a command that only reads (`logger` is
+    /// warned when it goes without one).
+    convenience init(path: String, reading locking: ReadLocking, logger: Logger) throws {
         let repository = try Repository.open(at: path)
-        self.init(repository, lock: try repository.lockForReading(locking, warn: warn))
+        self.init(repository, lock: try repository.lockForReading(locking, logger: logger))
     }
 
     private init(_ repository: Repository, lock: RepositoryLock?) {

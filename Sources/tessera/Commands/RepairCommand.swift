@@ -2,6 +2,7 @@ import ArgumentParser
 import BackupRepository
 import BlockIO
 import Foundation
+import Workers
 
 struct RepairCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -13,16 +14,18 @@ struct RepairCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "index",
             abstract: "Rebuild the index from the packs alone (exclusive lock).",
-            discussion: "Every chunk whose envelope verifies is indexed; a pack with a damaged trailer is walked envelope by envelope. The new index is durable before the old index files are deleted.")
+            discussion: "Every chunk whose envelope verifies is indexed; a pack with a damaged trailer is walked envelope by envelope. The new index is durable before the old index files are deleted. Ctrl-C while the packs are read changes nothing (exit 130).")
         @OptionGroup var repository: RepositoryOptions
         @Option(help: "Seconds to keep retrying while another process holds the repository.") var wait: Double = 0
         @Flag(help: "Print the report as JSON.") var json = false
 
         func run() throws {
-            let report = try reportingErrors(json: json) {
+            let signals = JobSignals()
+            let logger = CommandLogHandler.logger("tessera.repair", json: json)
+            let report = try reportingErrors(json: json, cancelled: { "repair index cancelled by \($0.reason); nothing was changed" }) {
                 let lock = try MaintenanceLock(path: repository.path, kind: .exclusive, wait: wait)
                 defer { lock.release() }
-                return try RepositoryRepair.rebuildIndex(lock.repository, log: { Output.note($0) })
+                return try RepositoryRepair.rebuildIndex(lock.repository, cancellation: signals.cancellation, logger: logger)
             }
             if json { printJSONLine(report); return }
             print("indexed \(Output.count(report.chunksIndexed, "chunk")) from \(Output.count(report.packs, "pack")) (\(report.packsWalked) walked past a damaged trailer, \(Output.count(report.chunksSkipped, "damaged copy", "damaged copies")) left out)")
@@ -48,10 +51,11 @@ struct RepairCommand: ParsableCommand {
         struct Summary: Encodable { var type = "summary"; var damaged: Int; var forgotten: Int }
 
         func run() throws {
-            let damaged = try reportingErrors(json: json) {
+            let signals = JobSignals()
+            let damaged = try reportingErrors(json: json, cancelled: { "repair snapshots cancelled by \($0.reason); nothing was changed" }) {
                 let lock = try MaintenanceLock(path: repository.path, kind: forget ? .exclusive : .shared, wait: wait)
                 defer { lock.release() }
-                return try RepositoryRepair.damagedSnapshots(lock.repository, forget: forget)
+                return try RepositoryRepair.damagedSnapshots(lock.repository, forget: forget, cancellation: signals.cancellation)
             }
             if json {
                 for d in damaged {

@@ -46,7 +46,7 @@ struct RestoreCommand: ParsableCommand {
                 ? "\(to) is partly updated: run the same restore again to finish it"
                 : "\(to) is as it was")
         }) {
-            try repository.withRepository(reading: lockOptions.locking) { repo in
+            try repository.withRepository(reading: lockOptions.locking, logger: CommandLogHandler.logger("tessera.restore", json: json)) { repo in
                 let record = try RepositoryAccess.resolve(repo, snapshot, disk: disk)
                 let map = try RepositoryAccess.readMap(repo, record)
                 let target: RestoreTarget

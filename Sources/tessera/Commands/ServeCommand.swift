@@ -48,7 +48,7 @@ struct ServeCommand: AsyncParsableCommand {
         logger.logLevel = .info
         let export = try reportingErrors {
             try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name,
-                               locking: lockOptions.locking, warn: { Output.note($0) })
+                               locking: lockOptions.locking, logger: CommandLogHandler.logger("tessera.serve", json: false))
         }
         // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
         let termination = TerminationSignals()

@@ -2,6 +2,7 @@ import Agent
 import ArgumentParser
 import BackupRepository
 import Foundation
+import Logging
 
 /// `--repo PATH`, or the `TESSERA_REPOSITORY` environment variable.
 struct RepositoryOptions: ParsableArguments {
@@ -28,10 +29,10 @@ extension RepositoryOptions {
     }
 
     /// The same for a command that only reads: a shared lock, or none (`--no-lock`, or a
-    /// read-only repository, with a warning).
-    func withRepository<T>(reading locking: ReadLocking, _ body: (Repository) throws -> T) throws -> T {
+    /// read-only repository, with a warning to `logger`).
+    func withRepository<T>(reading locking: ReadLocking, logger: Logger, _ body: (Repository) throws -> T) throws -> T {
         let repository = try RepositoryAccess.open(path)
-        let lock = try RepositoryAccess.lockForReading(repository, locking, warn: { Output.note($0.hasPrefix("warning: ") ? $0 : "warning: " + $0) })
+        let lock = try RepositoryAccess.lockForReading(repository, locking, logger: logger)
         defer { lock.release() }
         return try body(repository)
     }
