@@ -143,8 +143,7 @@ public final class NightlyRun: Sendable {
                 report.retention = outcome
                 logger.notice("retention applied", metadata: ["event": "retention", "forgotten": "\(outcome.forgotten.count)", "kept": "\(outcome.kept)"])
                 if retention.prune {
-                    let logger = self.logger
-                    let pruned = try Pruner.prune(repository, cancellation: cancellation, log: { logger.notice("\($0)") })
+                    let pruned = try Pruner.prune(repository, cancellation: cancellation, logger: logger)
                     report.prune = pruned
                     logger.notice("prune done", metadata: ["event": "prune", "bytes_freed": "\(pruned.bytesFreed)"])
                 }
