@@ -127,6 +127,23 @@ public enum RepositoryAccess {
         }
     }
 
+    /// The snapshots of a consistency group (a VM's disks checkpointed at one instant), by the
+    /// group's ID or a unique prefix of it, in disk-name order.
+    public static func resolveGroup(_ repository: Repository, _ spec: String) throws -> [SnapshotRecord] {
+        let all: [SnapshotRecord]
+        do { all = try repository.snapshots() } catch let e as RepositoryError {
+            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message, cause: e)
+        }
+        let groups = Set(all.compactMap(\.group).filter { $0.lowercased().hasPrefix(spec.lowercased()) })
+        guard !spec.isEmpty, let group = groups.first else {
+            throw AgentError(.invalidArgument, "no consistency group \(spec) in the repository (`tessera snapshots` shows each snapshot's group)")
+        }
+        guard groups.count == 1 else {
+            throw AgentError(.invalidArgument, "\(spec) is the start of \(groups.count) groups (\(groups.sorted().joined(separator: ", "))); give more of it")
+        }
+        return all.filter { $0.group == group }.sorted { $0.diskName < $1.diskName }
+    }
+
     public static func readMap(_ repository: Repository, _ record: SnapshotRecord) throws -> DiskMap {
         do {
             return try repository.readDiskMap(record.diskMap)

@@ -57,6 +57,20 @@ public final class RestoreTarget: Sendable {
 
     /// Checks the target, takes its locks and makes the disk to write.
     /// - Throws: `AgentError.target` saying what is wrong and what to give instead.
+    /// The folder a group's disks are restored into: made if missing (its parent must exist).
+    public static func makeFolder(_ path: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw AgentError(.invalidArgument, "\(path) is a file; --group restores every disk into a folder: give a folder")
+            }
+            return
+        }
+        guard mkdir(path, 0o755) == 0 else {
+            throw AgentError(.target, "cannot create the folder \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
     public static func prepare(path: String, format: RestoreFormat, size: UInt64, mode: Mode) throws -> RestoreTarget {
         var isDirectory: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)

@@ -54,6 +54,23 @@ public final class SnapshotExport: NBDExport {
                              preferredBlockSize: UInt32(record.chunkSize))
     }
 
+    /// One export per disk of a consistency group (a VM at one instant), each named by its disk.
+    public static func group(repositoryPath: String, group: String, locking: ReadLocking = .shared,
+                             logger: Logger = Logger(label: "tessera.serve", factory: { _ in SwiftLogNoOpLogHandler() })) throws -> [SnapshotExport] {
+        let records = try RepositoryAccess.resolveGroup(try RepositoryAccess.open(repositoryPath), group)
+        var exports: [SnapshotExport] = []
+        do {
+            for record in records {
+                exports.append(try SnapshotExport(repositoryPath: repositoryPath, snapshot: record.id, disk: nil, exportName: nil,
+                                                  locking: locking, logger: logger))
+            }
+        } catch {
+            for e in exports { e.close() }
+            throw error
+        }
+        return exports
+    }
+
     /// Releases the repository lock; reads fail afterwards.
     public func close() {
         lock.release()

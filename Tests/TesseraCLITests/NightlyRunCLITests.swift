@@ -463,4 +463,43 @@ final class Night {
         #expect(locked.status == 11 && locked.stderr.contains("locked"), "\(locked.stderr)")
         #expect(try night.openCheckpoints() == [])
     }
+
+    /// A VM's disks come back together by their group: restored into a folder, or served.
+    @Test func aVMsDisksComeBackTogetherByTheirGroup() throws {
+        let night = try Night("night-group")
+        let (a, b) = (try night.disk("a"), try night.disk("b"))
+        try night.writeConfig("""
+            [[vm]]
+            name = "vm"
+            [[vm.disk]]
+            name = "a"
+            path = "\(a)"
+            [[vm.disk]]
+            name = "b"
+            path = "\(b)"
+            """)
+        try night.startFilter()
+        try night.write("a", offset: 0, length: 1 << 20, pattern: 1)
+        try night.write("b", offset: 5 << 20, length: 1 << 20, pattern: 2)
+        let (result, report) = try night.run()
+        #expect(result.status == 0)
+        let group = try #require(Night.vms(report)["vm"]?["group"] as? String)
+        let folder = night.dir.file("vm-restored")
+        try Tessera.ok(["restore", "--repo", night.repo, "--group", String(group.prefix(8)), "--to", folder])
+        for (name, path) in [("a", a), ("b", b)] {
+            #expect(try Data(contentsOf: URL(fileURLWithPath: "\(folder)/\(name).raw")) == Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+        let served = try BackgroundCommand(tessera: ["serve", "--repo", night.repo, "--group", group, "--socket", night.dir.file("serve.sock")])
+        #expect(served.waitForLine(timeout: 60) { $0.contains("nbd+unix:///b?") })
+        for (name, path) in [("a", a), ("b", b)] {
+            let compare = try runCommand("qemu-img", ["compare", "-f", "raw", "-F", "raw", path, "nbd+unix:///\(name)?socket=\(night.dir.file("serve.sock"))"])
+            #expect(compare.status == 0, "\(name): \(compare.stdout) \(compare.stderr)")
+        }
+        served.signal(SIGTERM)
+        _ = served.wait(timeout: 30)
+        let unknown = try Tessera.run(["restore", "--repo", night.repo, "--group", "ffffffff", "--to", night.dir.file("none")])
+        #expect(unknown.status == 1 && unknown.stderr.contains("no consistency group ffffffff"))
+        let both = try Tessera.run(["restore", "--repo", night.repo, "latest", "--group", group, "--to", folder])
+        #expect(both.status == 64)
+    }
 }

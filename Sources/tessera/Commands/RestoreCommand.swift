@@ -19,9 +19,13 @@ struct RestoreCommand: ParsableCommand {
             """)
     @OptionGroup var repository: RepositoryOptions
     @OptionGroup var lockOptions: ReadLockOptions
-    @Argument(help: "A snapshot id, a unique prefix, or 'latest' (with --disk).") var snapshot: String
+    @Argument(help: "A snapshot id, a unique prefix, or 'latest' (with --disk).") var snapshot: String?
     @Option(help: "The disk, for 'latest'.") var disk: String?
-    @Option(help: "The target: a raw file, or a VMDK descriptor path with --format vmdk.") var to: String
+    @Option(help: ArgumentHelp("Every disk of a consistency group (a VM at one instant), into the folder --to.", discussion: """
+        The group's ID or a unique prefix (`tessera snapshots` shows it); each disk is restored \
+        to --to/DISK.raw (DISK.vmdk with --format vmdk); the folder is created if missing.
+        """)) var group: String?
+    @Option(help: "The target: a raw file, or a VMDK descriptor path with --format vmdk (a folder with --group).") var to: String
     @Option(help: "raw or vmdk (descriptor + flat extent).") var format: String = "raw"
     @Flag(help: "Update an existing disk in place, writing only the chunks that differ.") var onlyChanged = false
     @Flag(help: "Replace an existing non-empty target (only once the restore is complete).") var force = false
@@ -31,6 +35,8 @@ struct RestoreCommand: ParsableCommand {
     func validate() throws {
         if RestoreFormat(rawValue: format) == nil { throw ValidationError("--format is raw or vmdk, not '\(format)'") }
         if onlyChanged && force { throw ValidationError("--only-changed updates the target in place; --force replaces it: give one") }
+        if (snapshot == nil) == (group == nil) { throw ValidationError("give a snapshot, or --group GROUP for every disk of a VM") }
+        if group != nil && disk != nil { throw ValidationError("--group restores every disk of the group; --disk is for 'latest'") }
     }
 
     func run() throws {
@@ -38,16 +44,40 @@ struct RestoreCommand: ParsableCommand {
         let mode: RestoreTarget.Mode = onlyChanged ? .update : force ? .replace : .create
         var settings = RestoreSettings()
         settings.keepGoing = keepGoing
-        let bar = ProgressBar(label: "restore", json: json)
         let signals = JobSignals()
-        let keepGoing = self.keepGoing
-        let summary = try reportingErrors(json: json, cancelled: { c in
+        // One lock for the whole restore: a prune cannot remove a group's later disks meanwhile.
+        var current = to
+        let damaged = try reportingErrors(json: json, cancelled: { c in
             "restore cancelled by \(c.reason); " + (mode == .update
-                ? "\(to) is partly updated: run the same restore again to finish it"
-                : "\(to) is as it was")
+                ? "\(current) is partly updated: run the same restore again to finish it"
+                : "\(current) is as it was")
         }) {
             try repository.withRepository(reading: lockOptions.locking, logger: CommandLogHandler.logger("tessera.restore", json: json)) { repo in
-                let record = try RepositoryAccess.resolve(repo, snapshot, disk: disk)
+                var targets = [(record: SnapshotRecord, path: String)]()
+                if let group {
+                    let records = try RepositoryAccess.resolveGroup(repo, group)
+                    try RestoreTarget.makeFolder(to)
+                    targets = records.map { ($0, "\(to)/\($0.diskName).\(format == .vmdk ? "vmdk" : "raw")") }
+                } else {
+                    targets = [(try RepositoryAccess.resolve(repo, snapshot ?? "", disk: disk), to)]
+                }
+                var damaged = false
+                for target in targets {
+                    current = target.path
+                    damaged = try restore(repo, target.record, to: target.path, format: format, mode: mode, settings: settings,
+                                          signals: signals) || damaged
+                }
+                return damaged
+            }
+        }
+        if damaged { throw ExitCode(ExitCodes.failed) }
+    }
+
+    /// Restores one snapshot; returns whether chunks were damaged (--keep-going).
+    private func restore(_ repo: Repository, _ record: SnapshotRecord, to: String, format: RestoreFormat, mode: RestoreTarget.Mode,
+                         settings: RestoreSettings, signals: JobSignals) throws -> Bool {
+        let bar = ProgressBar(label: "restore \(record.diskName)", json: json)
+        let summary = try {
                 let map = try RepositoryAccess.readMap(repo, record)
                 let target: RestoreTarget
                 do {
@@ -62,8 +92,7 @@ struct RestoreCommand: ParsableCommand {
                 } catch let e as AgentError where e.code == .damaged && !keepGoing {
                     throw AgentError(.damaged, e.message + "; --keep-going restores the rest (the damaged ranges read as zeroes)", cause: e)
                 }
-            }
-        }
+        }()
         bar.finish()
         if !summary.damaged.isEmpty {
             Output.note("\(Output.count(summary.damaged.count, "damaged chunk")) not restored; their ranges read as zeroes")
@@ -75,6 +104,6 @@ struct RestoreCommand: ParsableCommand {
             print(String(format: "  time      %.2fs", summary.seconds))
             for d in summary.damaged { print("  DAMAGED   bytes [\(d.offset), \(d.offset + d.length)) chunk \(d.chunk): \(d.error)") }
         }
-        if !summary.damaged.isEmpty { throw ExitCode(ExitCodes.failed) }
+        return !summary.damaged.isEmpty
     }
 }

@@ -20,8 +20,9 @@ struct ServeCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var repository: RepositoryOptions
-    @Argument(help: "A snapshot ID, a unique prefix of one, or `latest` (with --disk).") var snapshot: String
+    @Argument(help: "A snapshot ID, a unique prefix of one, or `latest` (with --disk).") var snapshot: String?
     @Option(help: "The disk, for `latest`.") var disk: String?
+    @Option(help: "Every disk of a consistency group (a VM at one instant), each exported under its disk's name.") var group: String?
     @Option(help: "The NBD Unix socket to listen on (mode 0600; only root and this user may connect).") var socket: String
     @Option(help: ArgumentHelp("Also listen on TCP at HOST:PORT ([::1]:PORT for IPv6).", discussion: """
         NBD over TCP has no authentication and no encryption: whoever connects can read the \
@@ -41,18 +42,24 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--tcp takes HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809, not '\(tcp)'")
         }
         if tcpAllowRemote && tcp == nil { throw ValidationError("--tcp-allow-remote needs --tcp HOST:PORT") }
+        if (snapshot == nil) == (group == nil) { throw ValidationError("give a snapshot, or --group GROUP for every disk of a VM") }
+        if group != nil && (disk != nil || name != nil) { throw ValidationError("--group exports each disk under its own name; --disk and --name are for one snapshot") }
     }
 
     func run() async throws {
         var logger = Logger(label: "tessera.serve")
         logger.logLevel = .info
-        let export = try reportingErrors {
-            try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot, disk: disk, exportName: name,
-                               locking: lockOptions.locking, logger: CommandLogHandler.logger("tessera.serve", json: false))
+        let log = CommandLogHandler.logger("tessera.serve", json: false)
+        let exports = try reportingErrors {
+            if let group {
+                return try SnapshotExport.group(repositoryPath: repository.path, group: group, locking: lockOptions.locking, logger: log)
+            }
+            return [try SnapshotExport(repositoryPath: repository.path, snapshot: snapshot ?? "", disk: disk, exportName: name,
+                                       locking: lockOptions.locking, logger: log)]
         }
         // Before the ready line: a SIGTERM sent as soon as it is printed must not be lost.
         let termination = TerminationSignals()
-        let server = NBDServer(provider: NBDExportSet([export]), logger: logger)
+        let server = NBDServer(provider: NBDExportSet(exports), logger: logger)
         var tcpEndpoint: (host: String, port: Int)?
         do {
             try await server.start(unixSocket: socket)
@@ -61,17 +68,19 @@ struct ServeCommand: AsyncParsableCommand {
             }
         } catch {
             try? await server.shutdown()
-            export.close()
+            for export in exports { export.close() }
             fail("cannot listen: \(error)", code: ExitCodes.failed, json: false)
         }
-        print("serving snapshot \(export.record.id) of disk \(export.record.diskName) read-only on nbd+unix:///\(export.info.name)?socket=\(socket)")
-        if let tcpEndpoint {
-            print("serving snapshot \(export.record.id) read-only on \(NBDServer.tcpURI(host: tcpEndpoint.host, port: tcpEndpoint.port, export: export.info.name))")
+        for export in exports {
+            print("serving snapshot \(export.record.id) of disk \(export.record.diskName) read-only on nbd+unix:///\(export.info.name)?socket=\(socket)")
+            if let tcpEndpoint {
+                print("serving snapshot \(export.record.id) read-only on \(NBDServer.tcpURI(host: tcpEndpoint.host, port: tcpEndpoint.port, export: export.info.name))")
+            }
         }
         fflush(nil)
         await termination.wait()
         try? await server.shutdown()
-        export.close()
+        for export in exports { export.close() }
         print("stopped cleanly")
     }
 }
