@@ -80,7 +80,11 @@ extension RunConfig {
             vmNames[name] = t.place("name")
             var settings = try t.vmSettings(run.vm)
             if var h = try t.table("hooks") {
-                settings.hooks = run.vm.hooks.adding(try h.hooks())
+                let own = try h.hooks()
+                for phase in [Hooks.Phase.jobStart, .jobEnd] where own.commands[phase] != nil {
+                    throw h.error(phase.rawValue, "\(phase.rawValue) hooks run once per run, not per VM: put them in the top-level [hooks]")
+                }
+                settings.hooks = run.vm.hooks.adding(own)
                 try h.finish()
             }
             let guestAgent = try t.path("guest-agent")

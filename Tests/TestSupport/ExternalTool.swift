@@ -35,6 +35,7 @@ public enum ExternalTool {
         case "nbdkit": return "nbdkit"
         case "xxhsum": return "xxhash"
         case "zstd": return "zstd"
+        case "systemd-analyze": return "systemd"
         default: return name
         }
     }

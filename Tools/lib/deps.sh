@@ -5,6 +5,7 @@ TESSERA_DEBIAN_PACKAGES=(
     libzstd-dev libxxhash-dev pkg-config   # the C libraries the build links
     qemu-utils libnbd-bin python3-libnbd nbdkit   # real NBD peers for interop tests (qemu-io, qemu-img, qemu-nbd, nbdinfo, nbdcopy, nbdsh)
     xxhash zstd e2fsprogs                  # tools the tests and the demo use (xxhsum, zstd, mkfs.ext4)
+    systemd                                # systemd-analyze verify checks the units in Tools/systemd
 )
 
 tessera_missing_packages() {

@@ -54,10 +54,10 @@ struct SnapshotsCommand: ParsableCommand {
         // The group column only when some snapshot belongs to a group.
         let grouped = rows.contains { $0.group != nil }
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
-        print("ID        DISK          TIME                  SIZE        SOURCE      NEW         " + (grouped ? pad("GROUP", 14) : "") + "CHANGE ID")
+        print("ID        DISK          TIME                  SIZE        SOURCE      NEW         " + (grouped ? pad("GROUP", 10) : "") + "CHANGE ID")
         for r in rows {
             print(pad(String(r.id.prefix(8)), 10) + pad(r.disk, 14) + pad(r.time, 22) + pad(Output.bytes(r.size), 12)
-                  + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (grouped ? pad(r.group ?? "-", 14) : "")
+                  + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (grouped ? pad(r.group.map { String($0.prefix(8)) } ?? "-", 10) : "")
                   + (r.changeID ?? "-"))
         }
         print(Output.count(rows.count, "snapshot"))

@@ -25,7 +25,10 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Only this VM (repeatable).") var vm: [String] = []
     @Flag(help: "Check the repository, the filter and the guest agents, print what would happen, change nothing.") var dryRun = false
     @Flag(help: "Print events as JSON lines; the last is the report, {\"type\":\"report\", ...}.") var json = false
-    @Flag(help: "Also print informational events (freeze, thaw, hooks).") var verbose = false
+    @Flag(help: ArgumentHelp("Also print informational events (freeze, thaw, hooks).", discussion: """
+        Events (one line each, with event= keys) go to stderr when it is not a terminal (the \
+        journal, a log file); at a terminal only warnings and errors, then the report.
+        """)) var verbose = false
 
     func run() throws {
         let runConfig = try loadConfig(config, json: json)
@@ -33,7 +36,9 @@ struct RunCommand: ParsableCommand {
         options.vms = vm
         options.thawGuard = [Self.executablePath(), "internal-thaw-guard"]
         let signals = JobSignals()
-        let logger = CommandLogHandler.logger("tessera.run", json: json, level: verbose || json ? .info : .notice)
+        // At a terminal the report says it all; for the journal (or a log file) every event.
+        let level: Logger.Level = verbose || json ? .info : isatty(2) == 1 ? .warning : .notice
+        let logger = CommandLogHandler.logger("tessera.run", json: json, level: level)
         let night = NightlyRun(config: runConfig, options: options, logger: logger, cancellation: signals.cancellation)
         if dryRun {
             let plan: RunPlan
