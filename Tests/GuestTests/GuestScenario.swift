@@ -12,6 +12,8 @@ struct GuestSnapshot {
         case crashConsistent = "crash"
         /// Taken with the guest's file systems frozen by the guest agent: a clean journal.
         case quiesced
+        /// Checkpointed while frozen, read after the thaw while the guest writes on: a clean journal.
+        case quiescedCheckpoint = "frozen ckpt"
         /// Taken with the VM paused (QMP stop): the restore equals the disk file byte for byte.
         case paused
         /// Taken after the guest unmounted and powered off: clean, and exactly the last manifest.
@@ -27,6 +29,9 @@ struct GuestSnapshot {
     var seconds: Double
     var note = ""
     var check: GuestDiskCheck?
+
+    /// The journal must be clean: the file systems were frozen (or unmounted) at the checkpoint.
+    var quiesced: Bool { kind == .quiesced || kind == .quiescedCheckpoint || kind == .shutDown }
 }
 
 /// The pieces of a VM test: a fresh sparse disk served by a restartable filter, a repository,
@@ -87,16 +92,22 @@ final class GuestScenario {
 
     /// `tessera backup --filter` of the disk, recorded with the manifest window around it.
     @discardableResult
-    func backup(_ kind: GuestSnapshot.Kind, note: String = "", around: (() throws -> Void) -> Void = { try? $0() }) throws -> GuestSnapshot {
+    func backup(_ kind: GuestSnapshot.Kind, note: String = "") throws -> GuestSnapshot {
+        try backup(kind, note: note, arguments: ["--disk", Self.diskName, "--filter", filter.control])
+    }
+
+    /// `tessera backup ARGUMENTS --json`, recorded with the manifest window around it (or `window`).
+    @discardableResult
+    func backup(_ kind: GuestSnapshot.Kind, note: String = "", arguments: [String], window: ManifestWindow? = nil) throws -> GuestSnapshot {
         let before = vm.console.newestManifest
         let t = Date()
-        let r = try Tessera.ok(["backup", "--repo", repository, "--disk", Self.diskName, "--filter", filter.control, "--json"])
+        let r = try Tessera.ok(["backup", "--repo", repository, "--json"] + arguments)
         let seconds = Date().timeIntervalSince(t)
         let s = try Tessera.summary(r)
         guard let id = s["snapshot"] as? String else { throw GuestError("no snapshot in \(s)") }
         let snapshot = GuestSnapshot(
             id: id, kind: kind,
-            window: ManifestWindow(announcedBefore: before, announcedAfter: vm.console.newestManifest),
+            window: window ?? ManifestWindow(announcedBefore: before, announcedAfter: vm.console.newestManifest),
             mode: s["mode"] as? String ?? "?", fullReason: s["full_reason"] as? String,
             bytesRead: (s["bytes_read"] as? NSNumber)?.uint64Value ?? 0, seconds: seconds, note: note)
         snapshots.append(snapshot)
@@ -122,6 +133,38 @@ final class GuestScenario {
             return s
         }
         log(String(format: "guest frozen for %.2f s (freeze, backup, thaw)", frozenFor))
+        return snapshot
+    }
+
+    /// Freeze, `tessera filter checkpoint`, thaw; then, while the guest writes on, the frozen
+    /// checkpoint is read with the pull-mode reader (`backup --nbd NAME@checkpoint --full`) and
+    /// released (commit). The snapshot goes to a disk of its own in the repository (`vm-pull`):
+    /// a pull-mode bitmap chain must not interleave with the `--filter` chain, and `--full`
+    /// reads only what `base:allocation` says is allocated. This is the order `tessera run`
+    /// follows (short freeze, long read), with today's commands.
+    @discardableResult
+    func quiescedCheckpointBackup() throws -> GuestSnapshot {
+        let before = vm.console.newestManifest
+        let t = Date()
+        try vm.whileFrozen {
+            _ = try Tessera.ok(["filter", "checkpoint", "--control", filter.control, "--disk", Self.diskName,
+                                "--owner-pid", "\(getpid())"])
+        }
+        let frozenFor = Date().timeIntervalSince(t)
+        let window = ManifestWindow(announcedBefore: before, announcedAfter: vm.console.newestManifest)
+        log(String(format: "guest frozen for %.2f s (freeze, filter checkpoint, thaw)", frozenFor))
+        let uri = "nbd+unix:///\(Self.diskName)@checkpoint?socket=\(filter.nbdSocket)"
+        let snapshot: GuestSnapshot
+        do {
+            snapshot = try backup(.quiescedCheckpoint, note: "read after the thaw",
+                                  arguments: ["--disk", "\(Self.diskName)-pull", "--nbd", uri, "--full"], window: window)
+        } catch {
+            _ = try? Tessera.run(["filter", "release", "--control", filter.control, "--disk", Self.diskName, "--abort"])
+            throw error
+        }
+        try step("filter release (commit)") {
+            _ = try Tessera.ok(["filter", "release", "--control", filter.control, "--disk", Self.diskName])
+        }
         return snapshot
     }
 
@@ -151,10 +194,10 @@ final class GuestScenario {
 
     /// With the VM paused (QMP stop drains its I/O): a backup, its restore compared byte for
     /// byte with the disk file, then `cont`.
-    func pausedComparison() throws {
+    func pausedComparison(note: String = "") throws {
         try step("QMP stop") { try vm.pause() }
         defer { try? step("QMP cont") { try vm.resume() } }
-        let snapshot = try backup(.paused)
+        let snapshot = try backup(.paused, note: note)
         try waitForMerge()
         let target = scratch.file("paused-\(snapshot.id.prefix(8)).raw")
         try step("restore of the paused snapshot") {
@@ -176,7 +219,7 @@ final class GuestScenario {
             let check = try GuestDiskChecker.check(image: target, scratch: scratch.path)
             try? FileManager.default.removeItem(atPath: target)
             snapshots[i].check = check
-            var problems = s.window.problems(of: check, quiesced: s.kind == .quiesced || s.kind == .shutDown)
+            var problems = s.window.problems(of: check, quiesced: s.quiesced)
             if s.kind == .shutDown, let lastManifest, check.manifest != lastManifest {
                 problems.append("shut down after manifest \(lastManifest), but holds \(check.manifest.map(String.init) ?? "none")")
             }
@@ -191,14 +234,16 @@ final class GuestScenario {
 
     /// One line per snapshot, for the end of the log.
     var table: String {
-        var out = "#   snapshot  kind        mode  read MiB  backup s  manifests (before/after/held)  recovery  files  result\n"
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+        func left(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+        var out = "#   snapshot  kind        mode  read MiB  backup s  manifests before/after/held  journal   files  result\n"
         for (i, s) in snapshots.enumerated() {
             let c = s.check
-            out += String(format: "%-3d %@  %-10@  %-4@  %8.1f  %8.2f  %5d / %5d / %5@           %-8@  %5d  %@\n",
-                          i, String(s.id.prefix(8)), s.kind.rawValue, s.mode, Double(s.bytesRead) / 1048576, s.seconds,
-                          s.window.announcedBefore, s.window.announcedAfter, c?.manifest.map(String.init) ?? "-",
-                          c.map { $0.neededRecovery ? "replayed" : "clean" } ?? "-", c?.filesChecked ?? 0,
-                          c.map { $0.passed ? "ok" : "FAILED" } ?? "unchecked")
+            out += pad("\(i)", 4) + pad(String(s.id.prefix(8)), 10) + pad(s.kind.rawValue, 12) + pad(s.mode, 6)
+                + left(String(format: "%.1f", Double(s.bytesRead) / 1048576), 8) + left(String(format: "%.2f", s.seconds), 10)
+                + "  " + pad("\(s.window.announcedBefore)/\(s.window.announcedAfter)/\(c?.manifest.map(String.init) ?? "-")", 28)
+                + pad(c.map { $0.neededRecovery ? "replayed" : "clean" } ?? "-", 10) + left("\(c?.filesChecked ?? 0)", 5)
+                + "  " + (c.map { $0.passed ? "ok" : "FAILED" } ?? "unchecked") + (s.note.isEmpty ? "" : "  (\(s.note))") + "\n"
         }
         return out
     }

@@ -14,6 +14,8 @@ public struct GuestDiskCheck: Sendable, CustomStringConvertible {
     public var problems: [String] = []
     public var seconds = 0.0
 
+    public init() {}
+
     public var passed: Bool { problems.isEmpty }
 
     public var description: String {
@@ -41,6 +43,12 @@ public enum GuestDiskChecker {
     ///   - manifest: a manifest to check instead of the newest.
     public static func check(image: String, scratch: String, manifest wanted: Int? = nil) throws -> GuestDiskCheck {
         let started = Date()
+        var result = try checkWithoutTiming(image: image, scratch: scratch, manifest: wanted)
+        result.seconds = Date().timeIntervalSince(started)
+        return result
+    }
+
+    private static func checkWithoutTiming(image: String, scratch: String, manifest wanted: Int?) throws -> GuestDiskCheck {
         var result = GuestDiskCheck()
         let work = "\(scratch)/check-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
@@ -48,7 +56,6 @@ public enum GuestDiskChecker {
             if ProcessInfo.processInfo.environment["TESSERA_KEEP_TEST_FILES"] == nil {
                 try? FileManager.default.removeItem(atPath: work)
             }
-            result.seconds = Date().timeIntervalSince(started)
         }
         let copy = "\(work)/disk.raw"
         try require(runCommand("cp", ["--sparse=always", image, copy]), "cp \(image)")
