@@ -136,6 +136,21 @@ final class GuestScenario {
         return snapshot
     }
 
+    /// Runs `body` (anything that takes snapshots of the guest: `tessera run`, a script) and
+    /// returns the manifest window a snapshot taken inside it must satisfy.
+    func window<T>(_ body: () throws -> T) rethrows -> (value: T, window: ManifestWindow) {
+        let before = vm.console.newestManifest
+        let value = try body()
+        return (value, ManifestWindow(announcedBefore: before, announcedAfter: vm.console.newestManifest))
+    }
+
+    /// Records a snapshot taken by other means (`tessera run`...), for `verifyAll` to restore and check.
+    func record(_ id: String, kind: GuestSnapshot.Kind, window: ManifestWindow, mode: String = "?", note: String = "") {
+        snapshots.append(GuestSnapshot(id: id, kind: kind, window: window, mode: mode, fullReason: nil, bytesRead: 0,
+                                       seconds: 0, note: note))
+        log("recorded snapshot \(id.prefix(8)) \(kind.rawValue), manifests \(window)")
+    }
+
     /// Freeze, `tessera filter checkpoint`, thaw; then, while the guest writes on, the frozen
     /// checkpoint is read with the pull-mode reader (`backup --nbd NAME@checkpoint --full`) and
     /// released (commit). The snapshot goes to a disk of its own in the repository (`vm-pull`):
