@@ -157,8 +157,10 @@ final class GuestScenario {
     /// a pull-mode bitmap chain must not interleave with the `--filter` chain, and `--full`
     /// reads only what `base:allocation` says is allocated. This is the order `tessera run`
     /// follows (short freeze, long read), with today's commands.
+    /// - Parameter killingTheFilter: SIGKILL and restart the filter while the checkpoint is open
+    ///   and the guest writes into the overlay (the checkpoint is reopened on restart).
     @discardableResult
-    func quiescedCheckpointBackup() throws -> GuestSnapshot {
+    func quiescedCheckpointBackup(killingTheFilter: Bool = false) throws -> GuestSnapshot {
         let before = vm.console.newestManifest
         let t = Date()
         try vm.whileFrozen {
@@ -168,10 +170,14 @@ final class GuestScenario {
         let frozenFor = Date().timeIntervalSince(t)
         let window = ManifestWindow(announcedBefore: before, announcedAfter: vm.console.newestManifest)
         log(String(format: "guest frozen for %.2f s (freeze, filter checkpoint, thaw)", frozenFor))
+        if killingTheFilter {
+            try nextManifest()
+            try killFilter(outage: 1)
+        }
         let uri = "nbd+unix:///\(Self.diskName)@checkpoint?socket=\(filter.nbdSocket)"
         let snapshot: GuestSnapshot
         do {
-            snapshot = try backup(.quiescedCheckpoint, note: "read after the thaw",
+            snapshot = try backup(.quiescedCheckpoint, note: killingTheFilter ? "read after the thaw and a SIGKILL" : "read after the thaw",
                                   arguments: ["--disk", "\(Self.diskName)-pull", "--nbd", uri, "--full"], window: window)
         } catch {
             _ = try? Tessera.run(["filter", "release", "--control", filter.control, "--disk", Self.diskName, "--abort"])
