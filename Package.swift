@@ -70,6 +70,8 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "Workers", "TestSupport", logging]),
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
+        // A real QEMU guest on the filter (TESSERA_VM_TESTS=1, Tools/test --vm).
+        .testTarget(name: "GuestTests", dependencies: ["TestSupport"]),
     ]
 )
 
