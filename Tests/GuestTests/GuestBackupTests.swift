@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 
 /// A real guest (Linux, ext4, qemu-ga, Tools/guest) writes on a disk the filter serves while
-/// `tessera backup` takes crash-consistent, quiesced and paused snapshots and the filter is
+/// `tessera backup` and `tessera run` take crash-consistent, quiesced and paused snapshots and the filter is
 /// SIGKILLed and restarted under it; every restore must be a consistent file system holding
 /// the guest's last manifest from before its checkpoint.
 ///
@@ -29,8 +29,11 @@ struct GuestBackupTests {
         try run.backup(.crashConsistent)
         try run.quiescedBackup()
         try run.quiescedCheckpointBackup()
+        try run.nightlyRun(note: "tessera run: freeze, group checkpoint, thaw, read")
 
         try run.killFilter(outage: 1)
+        try run.nextManifest()
+        try run.nightlyRun(note: "tessera run after a SIGKILL")
         try run.backup(.crashConsistent, note: "after a SIGKILL")
         try run.nextManifest()
         try run.quiescedBackup()

@@ -189,6 +189,56 @@ final class GuestScenario {
         return snapshot
     }
 
+    /// One night of `tessera run` over this VM, as an operator would have it: the guest agent
+    /// freezes the guest for the group checkpoint only (quiesce required), the backup reads
+    /// while the guest writes on, and a verification slice re-reads stored data. The snapshot
+    /// must then restore like every quiesced one: a clean journal, the last manifest before the
+    /// checkpoint.
+    @discardableResult
+    func nightlyRun(note: String = "tessera run") throws -> GuestSnapshot {
+        let config = scratch.file("nightly.toml")
+        try """
+            repository = "\(repository)"
+            [filter]
+            control = "\(filter.control)"
+            socket = "\(filter.nbdSocket)"
+            state-dir = "\(filter.stateDirectory)"
+            [run]
+            retries = 0
+            freeze-timeout = "60s"
+            report = "\(scratch.file("last-run.json"))"
+            metrics = "\(scratch.file("tessera.prom"))"
+            [verify]
+            read-data-every = 2
+            [[vm]]
+            name = "guest"
+            guest-agent = "\(vm.guestAgentSocket)"
+            quiesce = "required"
+            [[vm.disk]]
+            name = "\(Self.diskName)"
+            path = "\(diskPath)"
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let t = Date()
+        let (r, window) = try self.window { try Tessera.run(["run", "--config", config, "--json"]) }
+        let seconds = Date().timeIntervalSince(t)
+        guard r.status == 0 else { throw GuestError("tessera run exited \(r.status): \(r.stdout.suffix(2000)) \(r.stderr.suffix(2000))") }
+        let report = try Tessera.summary(r)
+        let vm = (report["vms"] as? [[String: Any]])?.first ?? [:]
+        guard vm["consistency"] as? String == "application" else { throw GuestError("tessera run: not application-consistent: \(vm)") }
+        guard let disk = (vm["disks"] as? [[String: Any]])?.first, let id = disk["snapshot"] as? String else {
+            throw GuestError("tessera run: no snapshot in \(report)")
+        }
+        guard (report["verify"] as? [String: Any])?["findings"] as? [String] == [] else { throw GuestError("verification: \(report)") }
+        var snapshot = GuestSnapshot(id: id, kind: .quiescedCheckpoint, window: window, mode: disk["mode"] as? String ?? "?",
+                                     fullReason: disk["full_reason"] as? String,
+                                     bytesRead: (disk["bytes_read"] as? NSNumber)?.uint64Value ?? 0, seconds: seconds, note: note)
+        snapshot.note = note
+        snapshots.append(snapshot)
+        log(String(format: "tessera run: snapshot %@ %@, read %.1f MiB, %.2f s, manifests %@", String(id.prefix(8)),
+                   snapshot.mode, Double(snapshot.bytesRead) / 1048576, seconds, window.description))
+        return snapshot
+    }
+
     /// SIGKILLs the filter under the running guest, leaves it down `outage` seconds (the guest's
     /// I/O waits, QEMU reconnects), starts it again and waits for the guest to announce a
     /// manifest, which proves its writes went through.

@@ -502,4 +502,49 @@ final class Night {
         let both = try Tessera.run(["restore", "--repo", night.repo, "latest", "--group", group, "--to", folder])
         #expect(both.status == 64)
     }
+
+    /// parallel-vms = 2: two VMs' backups overlap in time; a scanned disk is backed up too, with
+    /// the warning that it is not read at one instant.
+    @Test func vmsRunSideBySideAndAScannedDiskIsSaidToBeReadLive() throws {
+        let night = try Night("night-parallel")
+        let (a, b) = (try night.disk("a"), try night.disk("b"))
+        let scanned = night.dir.file("scanned.raw")
+        try Data(repeating: 7, count: 1 << 20).write(to: URL(fileURLWithPath: scanned))
+        // Each VM's hook holds it for a second and notes when it ran.
+        let hold = try night.hook("hold.sh", extra: "date +%s.%N >> \(night.dir.file("times"))-$TESSERA_VM; sleep 1; date +%s.%N >> \(night.dir.file("times"))-$TESSERA_VM")
+        try night.writeConfig("""
+            [run]
+            parallel-vms = 2
+            [hooks]
+            pre-checkpoint = ["\(hold)"]
+            [[vm]]
+            name = "one"
+            [[vm.disk]]
+            name = "a"
+            path = "\(a)"
+            [[vm]]
+            name = "two"
+            [[vm.disk]]
+            name = "b"
+            path = "\(b)"
+            [[vm.disk]]
+            name = "s"
+            path = "\(scanned)"
+            changes = "scan"
+            """)
+        try night.startFilter()
+        let (result, report) = try night.run()
+        #expect(result.status == 0, "\(result.stderr)")
+        func interval(_ vm: String) throws -> (Double, Double) {
+            let times = try String(contentsOfFile: night.dir.file("times") + "-" + vm, encoding: .utf8).split(separator: "\n").compactMap { Double($0) }
+            return (times.first ?? 0, times.last ?? 0)
+        }
+        let (one, two) = (try interval("one"), try interval("two"))
+        #expect(one.0 < two.1 && two.0 < one.1, "the two VMs' hooks overlapped: \(one) \(two)")
+        let vm2 = Night.vms(report)["two"]
+        let s = Night.disks(vm2)["s"]
+        #expect(s?["changes"] as? String == "scan" && s?["snapshot"] != nil)
+        #expect((vm2?["warnings"] as? [String])?.contains { $0.contains("disk s is scanned while the VM runs") } == true)
+        #expect(try night.restored(s?["snapshot"] as? String ?? "") == Data(contentsOf: URL(fileURLWithPath: scanned)))
+    }
 }
