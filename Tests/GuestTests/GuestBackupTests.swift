@@ -34,6 +34,7 @@ struct GuestBackupTests {
         try run.killFilter(outage: 1)
         try run.nextManifest()
         try run.nightlyRun(note: "tessera run after a SIGKILL")
+        try run.nightlyRun(note: "tessera run, quiesce off", quiesced: false)
         try run.backup(.crashConsistent, note: "after a SIGKILL")
         try run.nextManifest()
         try run.quiescedBackup()

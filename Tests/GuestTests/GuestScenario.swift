@@ -195,7 +195,9 @@ final class GuestScenario {
     /// must then restore like every quiesced one: a clean journal, the last manifest before the
     /// checkpoint.
     @discardableResult
-    func nightlyRun(note: String = "tessera run") throws -> GuestSnapshot {
+    /// - Parameter quiesced: false runs it with `quiesce = "off"`: crash-consistent, taken while
+    ///   the guest writes (its journal may need replaying).
+    func nightlyRun(note: String = "tessera run", quiesced: Bool = true) throws -> GuestSnapshot {
         let config = scratch.file("nightly.toml")
         try """
             repository = "\(repository)"
@@ -213,7 +215,7 @@ final class GuestScenario {
             [[vm]]
             name = "guest"
             guest-agent = "\(vm.guestAgentSocket)"
-            quiesce = "required"
+            quiesce = "\(quiesced ? "required" : "off")"
             [[vm.disk]]
             name = "\(Self.diskName)"
             path = "\(diskPath)"
@@ -224,12 +226,14 @@ final class GuestScenario {
         guard r.status == 0 else { throw GuestError("tessera run exited \(r.status): \(r.stdout.suffix(2000)) \(r.stderr.suffix(2000))") }
         let report = try Tessera.summary(r)
         let vm = (report["vms"] as? [[String: Any]])?.first ?? [:]
-        guard vm["consistency"] as? String == "application" else { throw GuestError("tessera run: not application-consistent: \(vm)") }
+        guard vm["consistency"] as? String == (quiesced ? "application" : "crash") else {
+            throw GuestError("tessera run: consistency is not what quiesce = \(quiesced ? "required" : "off") promises: \(vm)")
+        }
         guard let disk = (vm["disks"] as? [[String: Any]])?.first, let id = disk["snapshot"] as? String else {
             throw GuestError("tessera run: no snapshot in \(report)")
         }
         guard (report["verify"] as? [String: Any])?["findings"] as? [String] == [] else { throw GuestError("verification: \(report)") }
-        var snapshot = GuestSnapshot(id: id, kind: .quiescedCheckpoint, window: window, mode: disk["mode"] as? String ?? "?",
+        var snapshot = GuestSnapshot(id: id, kind: quiesced ? .quiescedCheckpoint : .crashConsistent, window: window, mode: disk["mode"] as? String ?? "?",
                                      fullReason: disk["full_reason"] as? String,
                                      bytesRead: (disk["bytes_read"] as? NSNumber)?.uint64Value ?? 0, seconds: seconds, note: note)
         snapshot.note = note
