@@ -168,8 +168,12 @@ public struct PrunePlan: Sendable, Equatable {
             if pack.live.isEmpty {
                 plan.packsToDelete.append(pack.id)
             } else {
+                // Garbage is what a rewrite would not copy: the pack's size beyond the smallest
+                // pack holding just its live chunks. (Counting the header and trailer as garbage
+                // made every small pack "20 % garbage" and rewrote it every night, forever.)
                 let liveBytes = pack.live.reduce(UInt64(0)) { $0 + UInt64($1.length) }
-                let garbage = pack.size > liveBytes ? Double(pack.size - liveBytes) / Double(max(pack.size, 1)) : 0
+                let needed = PackFile.size(envelopeBytes: liveBytes, count: pack.live.count)
+                let garbage = pack.size > needed ? Double(pack.size - needed) / Double(max(pack.size, 1)) : 0
                 guard garbage >= options.repackThreshold || pack.hasSetAside else {
                     plan.kept += pack.live
                     continue

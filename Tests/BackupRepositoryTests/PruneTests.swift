@@ -123,6 +123,21 @@ struct PruneTests {
 
     /// The plan is a pure function of the inventory: what goes, what is rewritten into which
     /// packs, what the index files and the bytes become; no repository needed.
+    /// A pack whose every chunk is live is never "garbage", however small: its header and
+    /// trailer are not waste (they were counted as such, and each nightly prune rewrote the
+    /// night's small packs, forever).
+    @Test func aPackWithOnlyLiveChunksIsNeverRewrittenHoweverSmall() {
+        func d(_ n: UInt64) -> Digest128 { Digest128(high: n, low: n) }
+        var inventory = PruneInventory()
+        let tiny = IndexEntry(chunk: d(1), pack: d(2), offset: 8, length: 68, rawLength: 65536)
+        inventory.packs = [.init(id: d(2), size: PackFile.size(envelopeBytes: 68, count: 1), live: [tiny])]
+        let plan = PrunePlan.make(inventory, options: PruneOptions())
+        #expect(plan.packsToRepack.isEmpty && plan.kept == [tiny])
+        // One dead 68-byte chunk beside it is real garbage (over the 20 % threshold): rewritten.
+        inventory.packs = [.init(id: d(2), size: PackFile.size(envelopeBytes: 136, count: 2), live: [tiny])]
+        #expect(PrunePlan.make(inventory, options: PruneOptions()).packsToRepack == [d(2)])
+    }
+
     @Test func thePlanIsMadeFromTheInventoryAlone() throws {
         func d(_ n: UInt64) -> Digest128 { Digest128(high: n, low: n) }
         func entries(_ pack: UInt64, _ chunks: ClosedRange<UInt64>, length: Int = 1000) -> [IndexEntry] {
