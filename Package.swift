@@ -54,7 +54,7 @@ let package = Package(
                           path: "Tools/make-fixtures"),
 
         // MARK: - Tests
-        .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs", "CLinuxShims", "TrackerControl"], path: "Tests/TestSupport"),
         .testTarget(name: "CodecsTests", dependencies: ["Codecs", "TestSupport"]),
         .testTarget(name: "WorkersTests", dependencies: ["Workers"]),
         .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "TestSupport"]),
