@@ -8,6 +8,7 @@ let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let systemPackage = Target.Dependency.product(name: "SystemPackage", package: "swift-system")
 let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let tomlKit = Target.Dependency.product(name: "TOMLKit", package: "TOMLKit")
 
 let package = Package(
     name: "Tessera",
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // MARK: - C libraries (Debian: libzstd-dev, libxxhash-dev). One Swift file imports each.
@@ -35,13 +37,15 @@ let package = Package(
         // The vocabulary and the wire the filter and the agent share (change IDs, the control
         // protocol, its client): they are peers that talk over a socket.
         .target(name: "TrackerControl", dependencies: ["Codecs", "BlockIO"]),
-        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl", logging]),
+        .target(name: "ChangeTracking", dependencies: ["Codecs", "BlockIO", "TrackerControl"]),
         .target(name: "NBD", dependencies: ["BlockIO", nioCore, nioPosix, logging]),
         .target(name: "BackupRepository", dependencies: ["Codecs", "BlockIO", "Workers", systemPackage, logging]),
         .target(name: "Filter", dependencies: ["ChangeTracking", "TrackerControl", "NBD", "BlockIO", "Codecs", nioCore, nioPosix, logging]),
         .target(name: "Agent", dependencies: ["BackupRepository", "BlockIO", "CLinuxShims", "NBD", "TrackerControl", "Codecs", "Workers", logging]),
+        // The nightly run: its config, quiesce through the guest agent, hooks, the run itself, reports.
+        .target(name: "Nightly", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "Workers", tomlKit, logging]),
         .executableTarget(name: "tessera", dependencies: [
-            "Codecs", "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent", "Workers",
+            "BlockIO", "ChangeTracking", "TrackerControl", "NBD", "Filter", "BackupRepository", "Agent", "Workers", "Nightly",
             argumentParser, logging,
         ]),
 
@@ -64,6 +68,7 @@ let package = Package(
         .testTarget(name: "BackupRepositoryTests", dependencies: ["BackupRepository", "Codecs", "BlockIO", "TestSupport"]),
         .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport", nioCore]),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "TestSupport"]),
+        .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
     ]
 )

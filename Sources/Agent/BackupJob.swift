@@ -33,9 +33,11 @@ public struct BackupSummary: Codable, Sendable {
     public var bytesStored: UInt64
     public var seconds: Double
     public var fullReason: String?
+    /// The consistency group (the VM's disks checkpointed at one instant), if any.
+    public var group: String?
 
     enum CodingKeys: String, CodingKey {
-        case type, snapshot, disk, mode, parent, seconds
+        case type, snapshot, disk, mode, parent, seconds, group
         case changeID = "change_id", diskSize = "disk_size", bytesRead = "bytes_read", chunksNew = "chunks_new"
         case chunksReused = "chunks_reused", chunksZero = "chunks_zero", chunksCarried = "chunks_carried"
         case chunksHealed = "chunks_healed", bytesStored = "bytes_stored", fullReason = "full_reason"
@@ -150,7 +152,8 @@ public final class BackupJob: Sendable {
             chunksZero: counters.chunksZero.load(ordering: .relaxed) + plan.zeroedChunks + (plan.incremental ? 0 : unread),
             chunksCarried: plan.incremental ? max(0, unread - plan.zeroedChunks) : 0,
             chunksHealed: plan.healedChunks,
-            bytesStored: counters.bytesStored.load(ordering: .relaxed), seconds: 0, fullReason: fullReason)
+            bytesStored: counters.bytesStored.load(ordering: .relaxed), seconds: 0, fullReason: fullReason,
+            group: session.group)
         summary.snapshot = try RepositoryAccess.commit(writer: writer, map: map, summary: summary, tags: settings.tags,
                                                        chunkSize: plan.map.chunkSize, started: started)
         summary.seconds = Date().timeIntervalSince(started)

@@ -22,6 +22,8 @@ public protocol ChangeSession: Sendable {
     /// The change ID the snapshot is taken at (the filter's checkpoint), recorded in the
     /// snapshot so the next incremental can ask what changed since it.
     var changeID: String? { get }
+    /// The consistency group the point in time was taken in, with other disks.
+    var group: String? { get }
     var changes: ChangeSet { get }
     /// The snapshot is committed: the source may move on (the filter releases the checkpoint
     /// with commit).
@@ -96,6 +98,7 @@ struct FixedSession: ChangeSession {
     let reader: any DiskSource
     let kind: ChangeSourceKind
     var changeID: String? { nil }
+    var group: String? { nil }
     let changes: ChangeSet
 
     func commit() throws {}

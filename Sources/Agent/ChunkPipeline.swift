@@ -127,7 +127,7 @@ struct ChunkPipeline {
             } catch let e as AgentError {
                 throw e
             } catch {
-                throw AgentError(.source, "reading \(source.description) at \(segment) failed: \(error)")
+                throw AgentError(.source, "reading \(source.description) at \(segment) failed: \(error)", cause: error)
             }
         }
         counters.bytesRead.add(UInt64(count), ordering: .relaxed)

@@ -30,7 +30,7 @@ public struct ImageSource: DiskSource {
         do {
             image = try DiskImage.open(path: path, writable: false)
         } catch let e as BlockIOError {
-            throw AgentError(.source, "cannot open the source disk: \(e.message)")
+            throw AgentError(.source, "cannot open the source disk: \(e.message)", cause: e)
         }
     }
 

@@ -14,11 +14,15 @@ public struct FilterChangeSource: ChangeSource {
     /// The flat file or descriptor to read instead of the one the filter reports (the same
     /// disk seen through another path).
     public let sourcePath: String?
+    /// A checkpoint the caller took already (the nightly run checkpoints a VM's disks as one
+    /// group): the session uses it instead of taking its own, and releases it the same way.
+    public let adopted: ControlProtocol.CheckpointReply?
 
-    public init(control: String, disk: String, sourcePath: String? = nil) {
+    public init(control: String, disk: String, sourcePath: String? = nil, adopting checkpoint: ControlProtocol.CheckpointReply? = nil) {
         self.control = control
         self.disk = disk
         self.sourcePath = sourcePath
+        self.adopted = checkpoint
     }
 
     public func begin(base: BackupBase?, chunkSize: Int, fullRead: Bool, logger: Logger) throws -> any ChangeSession {
@@ -26,7 +30,7 @@ public struct FilterChangeSource: ChangeSource {
         let checkpoint: ControlProtocol.CheckpointReply
         do {
             client = try ControlClient(path: control)
-            checkpoint = try takeCheckpoint(client, logger: logger)
+            checkpoint = try adopted ?? takeCheckpoint(client, logger: logger)
         } catch let e as FilterError {
             throw AgentError(.filter, e.message, cause: e)
         }
@@ -106,6 +110,7 @@ struct FilterSession: ChangeSession {
 
     var kind: ChangeSourceKind { if case .since = changes { .cbt } else { .full } }
     var changeID: String? { checkpoint.changeID }
+    var group: String? { checkpoint.group }
 
     func commit() throws {
         do {

@@ -13,9 +13,9 @@ public enum RepositoryAccess {
         } catch let e as RepositoryError {
             switch e.code {
             case .notARepository, .notFound:
-                throw AgentError(.noRepository, e.message)
+                throw AgentError(.noRepository, e.message, cause: e)
             default:
-                throw AgentError(.repository, e.message)
+                throw AgentError(.repository, e.message, cause: e)
             }
         }
     }
@@ -24,7 +24,7 @@ public enum RepositoryAccess {
         do {
             return Releasable(try repository.lock(kind))
         } catch let e as RepositoryError where e.code == .locked {
-            throw AgentError(.locked, e.message)
+            throw AgentError(.locked, e.message, cause: e)
         }
     }
 
@@ -34,9 +34,9 @@ public enum RepositoryAccess {
         do {
             return Releasable(try repository.lockForReading(locking, warn: warn))
         } catch let e as RepositoryError where e.code == .locked {
-            throw AgentError(.locked, e.message)
+            throw AgentError(.locked, e.message, cause: e)
         } catch let e as RepositoryError {
-            throw AgentError(.repository, e.message)
+            throw AgentError(.repository, e.message, cause: e)
         }
     }
 
@@ -82,7 +82,7 @@ public enum RepositoryAccess {
 
     static func writer(_ repository: Repository) throws -> RepositoryWriter {
         do { return try repository.makeWriter() } catch let e as RepositoryError {
-            throw AgentError(.repository, e.message)
+            throw AgentError(.repository, e.message, cause: e)
         }
     }
 
@@ -97,7 +97,7 @@ public enum RepositoryAccess {
             stats: SnapshotRecord.Stats(bytesRead: summary.bytesRead, chunksNew: summary.chunksNew,
                                         chunksReused: summary.chunksReused, chunksZero: summary.chunksZero,
                                         bytesStored: summary.bytesStored, seconds: Date().timeIntervalSince(started)),
-            diskMap: mapID)
+            diskMap: mapID, group: summary.group)
         try writer.commit(record)
         return record.id
     }
@@ -122,7 +122,7 @@ public enum RepositoryAccess {
             }
             return record
         } catch let e as RepositoryError {
-            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message)
+            throw AgentError(e.code == .damaged ? .damaged : .invalidArgument, e.message, cause: e)
         }
     }
 
@@ -130,7 +130,7 @@ public enum RepositoryAccess {
         do {
             return try repository.readDiskMap(record.diskMap)
         } catch let e as RepositoryError {
-            throw AgentError(.damaged, "snapshot \(record.id): its disk map cannot be read: \(e.message)")
+            throw AgentError(.damaged, "snapshot \(record.id): its disk map cannot be read: \(e.message)", cause: e)
         }
     }
 }

@@ -120,7 +120,7 @@ public struct RestoreJob: Sendable {
             try target.commit()
         } catch let e as BlockIOError {
             target.discard()
-            throw AgentError(.target, "writing the restore target failed: \(e.message)")
+            throw AgentError(.target, "writing the restore target failed: \(e.message)", cause: e)
         } catch {
             target.discard()
             throw error
@@ -194,7 +194,7 @@ public struct RestoreJob: Sendable {
             case .failure(let error):
                 try writeRun(upTo: j)
                 guard settings.keepGoing else {
-                    throw AgentError(.damaged, "snapshot \(snapshot.id) of disk \(snapshot.diskName): chunk \(id.hex) for bytes \(range) cannot be restored: \(error). Run `tessera check --read-data` to see what else is damaged")
+                    throw AgentError(.damaged, "snapshot \(snapshot.id) of disk \(snapshot.diskName): chunk \(id.hex) for bytes \(range) cannot be restored: \(error). Run `tessera check --read-data` to see what else is damaged", cause: error)
                 }
                 counters.damaged.withLock { $0.append(DamagedRange(offset: range.offset, length: range.length, chunk: id.hex, error: "\(error)")) }
             }

@@ -100,7 +100,7 @@ public final class RestoreTarget: Sendable {
                 }
             }
         } catch let e as BlockIOError {
-            throw AgentError(.target, "cannot prepare the restore target: \(e.message)")
+            throw AgentError(.target, "cannot prepare the restore target: \(e.message)", cause: e)
         }
     }
 
@@ -125,7 +125,7 @@ public final class RestoreTarget: Sendable {
             }
             finished.store(true, ordering: .relaxed)
         } catch let e as BlockIOError {
-            throw AgentError(.target, "making the restored disk durable and putting it in place failed: \(e.message); the old target is unchanged")
+            throw AgentError(.target, "making the restored disk durable and putting it in place failed: \(e.message); the old target is unchanged", cause: e)
         }
     }
 

@@ -5,8 +5,9 @@ import Foundation
 /// Rules apply per disk. `keepLast` keeps the N newest snapshots. Each period rule keeps
 /// the newest snapshot of each of the N most recent periods that have snapshots (hours,
 /// days, ISO 8601 weeks, months, years, all in UTC). `keepTags` keeps every snapshot with
-/// one of the tags. A snapshot kept by any rule is kept, and the newest snapshot of each
-/// disk is always kept.
+/// one of the tags. `keepWithin` keeps every snapshot taken within that many seconds of the
+/// disk's newest one (restic's `--keep-within`). A snapshot kept by any rule is kept, and the
+/// newest snapshot of each disk is always kept.
 public struct RetentionPolicy: Sendable, Equatable {
     public var keepLast = 0
     public var keepHourly = 0
@@ -15,9 +16,11 @@ public struct RetentionPolicy: Sendable, Equatable {
     public var keepMonthly = 0
     public var keepYearly = 0
     public var keepTags: [String] = []
+    /// Seconds before the disk's newest snapshot within which every snapshot is kept.
+    public var keepWithin: Double?
 
     public init(keepLast: Int = 0, keepHourly: Int = 0, keepDaily: Int = 0, keepWeekly: Int = 0, keepMonthly: Int = 0,
-                keepYearly: Int = 0, keepTags: [String] = []) {
+                keepYearly: Int = 0, keepTags: [String] = [], keepWithin: Double? = nil) {
         self.keepLast = keepLast
         self.keepHourly = keepHourly
         self.keepDaily = keepDaily
@@ -25,12 +28,14 @@ public struct RetentionPolicy: Sendable, Equatable {
         self.keepMonthly = keepMonthly
         self.keepYearly = keepYearly
         self.keepTags = keepTags
+        self.keepWithin = keepWithin
     }
 
     /// True when no rule is set: such a policy would keep only the newest snapshot of each
     /// disk, so `forget` refuses it rather than delete nearly everything by accident.
     public var isEmpty: Bool {
         keepLast <= 0 && keepHourly <= 0 && keepDaily <= 0 && keepWeekly <= 0 && keepMonthly <= 0 && keepYearly <= 0 && keepTags.isEmpty
+            && (keepWithin ?? 0) <= 0
     }
 }
 
@@ -38,7 +43,7 @@ public struct RetentionPolicy: Sendable, Equatable {
 public struct RetentionDecision: Sendable, Equatable {
     public var snapshot: SnapshotRecord
     /// The rules that keep it (`last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`,
-    /// `tag:T`, `newest`); empty means it is forgotten.
+    /// `tag:T`, `within`, `newest`); empty means it is forgotten.
     public var reasons: [String]
     public var keep: Bool { !reasons.isEmpty }
 }
@@ -84,6 +89,9 @@ public enum Retention {
             }
             for (i, s) in list.enumerated() {
                 for t in policy.keepTags where s.tags.contains(t) { reasons[i].append("tag:\(t)") }
+            }
+            if let within = policy.keepWithin, within > 0, let newest = list.first?.time {
+                for (i, s) in list.enumerated() where newest.timeIntervalSince(s.time) <= within { reasons[i].append("within") }
             }
             if !list.isEmpty && reasons[0].isEmpty { reasons[0].append("newest") }
             for (i, s) in list.enumerated() { out.append(RetentionDecision(snapshot: s, reasons: reasons[i])) }

@@ -41,10 +41,13 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
     public var tags: [String]
     public var stats: Stats
     public var diskMap: DiskMapID
+    /// The consistency group: snapshots of the disks of one VM taken at one instant share it.
+    /// Optional; readers that do not know it lose nothing by ignoring it.
+    public var group: String?
 
     public init(id: String = SnapshotRecord.newID(), diskName: String, time: Date = Date(), diskSize: UInt64, chunkSize: Int,
                 parent: String? = nil, changeID: String? = nil, source: Source, tags: [String] = [], stats: Stats = Stats(),
-                diskMap: DiskMapID) {
+                diskMap: DiskMapID, group: String? = nil) {
         self.id = id
         self.diskName = diskName
         self.time = time
@@ -56,13 +59,14 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         self.tags = tags
         self.stats = stats
         self.diskMap = diskMap
+        self.group = group
     }
 
     /// A fresh random snapshot ID.
     public static func newID() -> String { randomHexID() }
 
     enum CodingKeys: String, CodingKey {
-        case id, diskName, time, diskSize, chunkSize, parent, changeID, source, tags, stats, diskMap
+        case id, diskName, time, diskSize, chunkSize, parent, changeID, source, tags, stats, diskMap, group
     }
 
     public init(from decoder: any Decoder) throws {
@@ -82,6 +86,7 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
             throw DecodingError.dataCorruptedError(forKey: .diskMap, in: c, debugDescription: "disk map ID \(hex) is not 32 hex digits")
         }
         diskMap = d
+        group = try c.decodeIfPresent(String.self, forKey: .group)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -97,5 +102,6 @@ public struct SnapshotRecord: Codable, Sendable, Equatable {
         try c.encode(tags, forKey: .tags)
         try c.encode(stats, forKey: .stats)
         try c.encode(diskMap.hex, forKey: .diskMap)
+        try c.encodeIfPresent(group, forKey: .group)
     }
 }

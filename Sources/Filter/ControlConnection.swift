@@ -98,7 +98,7 @@ struct ControlConnection {
         case .request(let header, let payload):
             guard let request = ControlProtocol.Request(rawValue: header.number) else {
                 // The payload was consumed, so the stream is still in step: the connection stays.
-                return .reply(ControlReply.error(id: header.id, FilterError(.unknownRequest, "unknown request number \(header.number); known: 1 ATTACH, 2 DETACH, 3 STATUS, 4 CHECKPOINT, 5 QUERY_CHANGES, 6 RELEASE, 7 RESET")))
+                return .reply(ControlReply.error(id: header.id, FilterError(.unknownRequest, "unknown request number \(header.number); known: 1 ATTACH, 2 DETACH, 3 STATUS, 4 CHECKPOINT, 5 QUERY_CHANGES, 6 RELEASE, 7 RESET, 8 CHECKPOINT_GROUP")))
             }
             running = true
             return .run(request, id: header.id, payload: payload)

@@ -41,10 +41,11 @@ public final class FilterService: Sendable {
 
     /// Disk names become directory and export names: keep them plain.
     public static func validateDiskName(_ name: String) throws {
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-        guard !name.isEmpty, name.count <= 64, name.allSatisfy({ allowed.contains($0) }), !name.hasPrefix("."),
-              name != lockFileName else {
-            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: use 1-64 letters, digits, '-', '_' or '.', not starting with '.' (and not '\(lockFileName)', the filter's lock file)")
+        if let problem = DiskName.problem(name) {
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: \(problem)")
+        }
+        guard name != lockFileName else {
+            throw FilterError(.invalidArgument, "disk name '\(name)' is not allowed: it is the name of the filter's lock file")
         }
     }
 
@@ -119,6 +120,12 @@ public final class FilterService: Sendable {
 
     // MARK: - Control requests
 
+    static func reply(_ d: FilteredDisk, _ info: CheckpointInfo, group: String?) -> ControlProtocol.CheckpointReply {
+        ControlProtocol.CheckpointReply(disk: d.name, changeID: info.changeID.description, previous: info.previous?.description,
+                                        createdAt: Double(info.createdAt), path: d.path, files: d.image.extents.map(\.path),
+                                        size: d.size, granularity: d.granularity, group: group)
+    }
+
     /// Handles one control request: decodes its payload, acts, encodes the reply.
     ///
     /// - Throws: whatever went wrong, as it was thrown (a `TrackerError`, a `BlockIOError`...):
@@ -142,11 +149,17 @@ public final class FilterService: Sendable {
             let d = try disk(named: r.disk)
             let info = try d.checkpoint(owner: r.owner)
             logger.info("disk \(d.name): checkpoint \(info.changeID)")
-            return P.encode(P.CheckpointReply(disk: d.name, changeID: info.changeID.description,
-                                              previous: info.previous?.description,
-                                              createdAt: Double(info.createdAt), path: d.path,
-                                              files: d.image.extents.map(\.path), size: d.size,
-                                              granularity: d.granularity))
+            return P.encode(Self.reply(d, info, group: nil))
+        case .checkpointGroup:
+            let r = try P.decode(P.CheckpointGroupRequest.self, payload, request: request)
+            guard !r.disks.isEmpty, Set(r.disks).count == r.disks.count else {
+                throw FilterError(.invalidArgument, "a checkpoint group names each of its disks once, and at least one (got \(r.disks))")
+            }
+            let members = try r.disks.map { try disk(named: $0) }
+            let group = r.group ?? UUID().uuidString
+            let infos = try FilteredDisk.checkpoint(members, owner: r.owner, group: group)
+            logger.info("checkpoint group \(group): \(zip(members, infos).map { "\($0.name) \($1.changeID)" }.joined(separator: ", "))")
+            return P.encode(P.CheckpointGroupReply(group: group, checkpoints: zip(members, infos).map { Self.reply($0, $1, group: group) }))
         case .queryChanges:
             let r = try P.decode(P.QueryChangesRequest.self, payload, request: request)
             let d = try disk(named: r.disk)

@@ -14,31 +14,85 @@ extension FilteredDisk {
     /// release that is still merging. Either every step happens or none: a failure (a full
     /// state directory...) leaves the disk as it was, with no checkpoint.
     public func checkpoint(owner newOwner: CheckpointOwner? = nil) throws -> CheckpointInfo {
-        releaseGate.lock()
-        defer { releaseGate.unlock() }
-        guard !closing.load(ordering: .acquiring) else { throw shuttingDown() }
-        return try io.withExclusive {
-            if overlay != nil {
-                throw FilterError(.checkpointOpen, "disk \(name) already has an open checkpoint; release it first (tessera filter release --disk \(name) [--abort])")
-            }
-            // The base becomes the point in time: make it durable as it stands.
-            try image.sync()
-            let created = try Overlay.create(in: stateDirectory, granularity: granularity, diskSize: size)
+        try Self.checkpoint([self], owner: newOwner, group: nil)[0]
+    }
+
+    /// Checkpoints several disks at one instant (a consistency group: the disks of one VM).
+    ///
+    /// Every disk's release gate is taken first (waiting for running merges without holding
+    /// up any I/O), then every disk's I/O lock exclusive, in name order: from the moment the
+    /// last one is held until all are released no write reaches any of the disks, so no write
+    /// to one disk can be ordered between the checkpoints of the others. A write that a guest
+    /// issued only after another was acknowledged lands in the same or a later epoch. All or
+    /// nothing: if one disk fails, the checkpoints already taken are undone.
+    /// - Returns: the checkpoints in the order of `disks`.
+    public static func checkpoint(_ disks: [FilteredDisk], owner: CheckpointOwner?, group: String?) throws -> [CheckpointInfo] {
+        let ordered = disks.sorted { $0.name < $1.name }
+        for d in ordered { d.releaseGate.lock() }
+        defer { for d in ordered.reversed() { d.releaseGate.unlock() } }
+        if let closing = ordered.first(where: { $0.closing.load(ordering: .acquiring) }) { throw closing.shuttingDown() }
+        return try holdExclusive(ordered[...]) {
+            var taken: [(FilteredDisk, Overlay)] = []
             do {
-                if let newOwner {
-                    try DurableFile.write(Array(try JSONEncoder().encode(newOwner)), to: ownerPath)
+                var infos: [String: CheckpointInfo] = [:]
+                for d in ordered {
+                    let (info, overlay) = try d.checkpointLocked(owner: owner, group: group)
+                    taken.append((d, overlay))
+                    infos[d.name] = info
                 }
-                let info = try tracker.checkpoint()
-                overlayBox.withLock { $0 = created }
-                owner.withLock { $0 = newOwner }
-                readableCheckpoint.withLock { $0 = info.changeID.description }
-                return info
+                return disks.map { infos[$0.name]! }
             } catch {
-                unlink(ownerPath)
-                try? created.destroy()
+                for (d, overlay) in taken.reversed() { d.undoCheckpointLocked(overlay) }
                 throw error
             }
         }
+    }
+
+    /// Runs `body` with the I/O lock of every disk held exclusive.
+    private static func holdExclusive<T>(_ disks: ArraySlice<FilteredDisk>, _ body: () throws -> T) throws -> T {
+        guard let first = disks.first else { return try body() }
+        return try first.io.withExclusive { try holdExclusive(disks.dropFirst(), body) }
+    }
+
+    /// One disk's checkpoint; call with its release gate and its I/O lock (exclusive) held.
+    private func checkpointLocked(owner newOwner: CheckpointOwner?, group: String?) throws -> (CheckpointInfo, Overlay) {
+        if overlay != nil {
+            throw FilterError(.checkpointOpen, "disk \(name) already has an open checkpoint; release it first (tessera filter release --disk \(name) [--abort])")
+        }
+        // The base becomes the point in time: make it durable as it stands.
+        try image.sync()
+        let created = try Overlay.create(in: stateDirectory, granularity: granularity, diskSize: size)
+        do {
+            if let newOwner {
+                try DurableFile.write(Array(try JSONEncoder().encode(newOwner)), to: ownerPath)
+            }
+            if let group { try DurableFile.write(Array(group.utf8), to: groupPath) }
+            let info = try tracker.checkpoint()
+            overlayBox.withLock { $0 = created }
+            owner.withLock { $0 = newOwner }
+            checkpointGroup.withLock { $0 = group }
+            readableCheckpoint.withLock { $0 = info.changeID.description }
+            return (info, created)
+        } catch {
+            unlink(ownerPath)
+            unlink(groupPath)
+            try? created.destroy()
+            throw error
+        }
+    }
+
+    /// Undoes a checkpoint of a group whose other disks failed; no write reached the overlay
+    /// (every I/O lock is still held), so dropping it loses nothing.
+    private func undoCheckpointLocked(_ overlay: Overlay) {
+        // The tracker folds the held marks back in memory even if it cannot save that.
+        try? tracker.release(commit: false)
+        try? overlay.destroy()
+        overlayBox.withLock { $0 = nil }
+        owner.withLock { $0 = nil }
+        checkpointGroup.withLock { $0 = nil }
+        readableCheckpoint.withLock { $0 = nil }
+        unlink(ownerPath)
+        unlink(groupPath)
     }
 
     /// Merges the overlay back into the base while the disk stays in use, then closes the
@@ -68,7 +122,7 @@ extension FilteredDisk {
         try finishMerge(overlay, commit: commit, releaseTracker: true)
     }
 
-    private func shuttingDown() -> FilterError {
+    func shuttingDown() -> FilterError {
         FilterError(.busy, "the filter is shutting down; disk \(name) takes no checkpoint or release now (a release cut short finishes when the filter starts again)")
     }
 
@@ -99,8 +153,10 @@ extension FilteredDisk {
             try overlay.destroy()
             overlayBox.withLock { $0 = nil }
             owner.withLock { $0 = nil }
+            checkpointGroup.withLock { $0 = nil }
             readableCheckpoint.withLock { $0 = nil }
             unlink(ownerPath)
+            unlink(groupPath)
         }
     }
 }

@@ -43,6 +43,9 @@ public final class FilteredDisk: Sendable {
     /// Who opened the open checkpoint; kept in `checkpoint-owner.json` so it survives restarts.
     let owner = Mutex<CheckpointOwner?>(nil)
     var ownerPath: String { "\(stateDirectory)/checkpoint-owner.json" }
+    /// The consistency group the open checkpoint was taken in (with other disks of a VM).
+    let checkpointGroup = Mutex<String?>(nil)
+    var groupPath: String { "\(stateDirectory)/checkpoint-group" }
     /// flock on the disk's state directory and on every file of the disk, held while attached:
     /// a second filter (or a second attachment here) is refused before it touches anything,
     /// and `restore` can see that a filter serves a file.
@@ -82,6 +85,9 @@ public final class FilteredDisk: Sendable {
         if overlay != nil, let bytes = try? DurableFile.read(ownerPath),
            let saved = try? JSONDecoder().decode(CheckpointOwner.self, from: Data(bytes)) {
             owner.withLock { $0 = saved }
+        }
+        if overlay != nil, let bytes = try? DurableFile.read(groupPath) {
+            checkpointGroup.withLock { $0 = String(decoding: bytes, as: UTF8.self) }
         }
     }
 
@@ -251,7 +257,7 @@ public final class FilteredDisk: Sendable {
             checkpoint = CheckpointStatus(changeID: c.changeID.description, previous: c.previous?.description,
                                           createdAt: Double(c.createdAt),
                                           ageSeconds: Date().timeIntervalSince1970 - Double(c.createdAt),
-                                          owner: holder, readers: readers,
+                                          owner: holder, group: checkpointGroup.withLock { $0 }, readers: readers,
                                           stale: ov?.isMerging == true ? nil : holder?.staleReason(readers: readers))
         }
         return DiskStatus(name: name, path: path, files: files, size: size, granularity: t.granularity,

@@ -84,6 +84,12 @@ public final class ControlClient {
         try call(.checkpoint, ControlProtocol.CheckpointRequest(disk: disk, owner: owner), as: ControlProtocol.CheckpointReply.self)
     }
 
+    /// Checkpoints several disks at one instant (see docs/CONTROL.md, CHECKPOINT_GROUP).
+    public func checkpointGroup(disks: [String], owner: CheckpointOwner? = .current, group: String? = nil) throws -> ControlProtocol.CheckpointGroupReply {
+        try call(.checkpointGroup, ControlProtocol.CheckpointGroupRequest(disks: disks, owner: owner, group: group),
+                 as: ControlProtocol.CheckpointGroupReply.self)
+    }
+
     /// One page of changes.
     public func queryChanges(disk: String, since: String, offset: UInt64? = nil, length: UInt64? = nil) throws -> ControlProtocol.QueryChangesReply {
         try call(.queryChanges, ControlProtocol.QueryChangesRequest(disk: disk, since: since, offset: offset, length: length),

@@ -26,6 +26,8 @@ public enum ControlProtocol {
         case queryChanges = 5
         case release = 6
         case reset = 7
+        /// CHECKPOINT of several disks at one instant (a VM's consistency group).
+        case checkpointGroup = 8
     }
 
     /// Response status numbers: 0 is success, the rest name a `FilterError.Code`.
@@ -109,6 +111,23 @@ public enum ControlProtocol {
         public init(disk: String, owner: CheckpointOwner?) { self.disk = disk; self.owner = owner }
     }
 
+    public struct CheckpointGroupRequest: Codable, Sendable {
+        public var disks: [String]
+        public var owner: CheckpointOwner?
+        /// A name for the group (default: a new UUID), recorded with each disk's checkpoint.
+        public var group: String?
+        public init(disks: [String], owner: CheckpointOwner?, group: String? = nil) {
+            self.disks = disks; self.owner = owner; self.group = group
+        }
+    }
+
+    public struct CheckpointGroupReply: Codable, Sendable {
+        public var group: String
+        /// One per disk, in the order asked.
+        public var checkpoints: [CheckpointReply]
+        public init(group: String, checkpoints: [CheckpointReply]) { self.group = group; self.checkpoints = checkpoints }
+    }
+
     public struct AttachRequest: Codable, Sendable {
         public var disk: String
         public var path: String
@@ -136,11 +155,13 @@ public enum ControlProtocol {
         public var files: [String]
         public var size: UInt64
         public var granularity: UInt64
+        /// The consistency group, when the checkpoint was taken with other disks.
+        public var group: String?
 
         public init(disk: String, changeID: String, previous: String?, createdAt: Double, path: String, files: [String],
-                    size: UInt64, granularity: UInt64) {
+                    size: UInt64, granularity: UInt64, group: String? = nil) {
             self.disk = disk; self.changeID = changeID; self.previous = previous; self.createdAt = createdAt
-            self.path = path; self.files = files; self.size = size; self.granularity = granularity
+            self.path = path; self.files = files; self.size = size; self.granularity = granularity; self.group = group
         }
     }
 

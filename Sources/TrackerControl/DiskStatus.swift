@@ -41,6 +41,8 @@ public struct CheckpointStatus: Codable, Sendable, Equatable {
     public var createdAt: Double
     public var ageSeconds: Double
     public var owner: CheckpointOwner?
+    /// The consistency group the checkpoint was taken in, with the other disks of a VM.
+    public var group: String?
     /// Connections reading `NAME@checkpoint` now.
     public var readers: Int?
     /// Why no one can be using this checkpoint any more (its owner is gone, its lease ran
@@ -49,8 +51,9 @@ public struct CheckpointStatus: Codable, Sendable, Equatable {
     public var stale: String?
 
     public init(changeID: String, previous: String?, createdAt: Double, ageSeconds: Double, owner: CheckpointOwner?,
-                readers: Int?, stale: String?) {
+                group: String? = nil, readers: Int?, stale: String?) {
         self.changeID = changeID
+        self.group = group
         self.previous = previous
         self.createdAt = createdAt
         self.ageSeconds = ageSeconds

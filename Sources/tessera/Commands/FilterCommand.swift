@@ -1,5 +1,4 @@
 import ArgumentParser
-import ChangeTracking
 import Filter
 import Foundation
 import TrackerControl
@@ -77,34 +76,47 @@ struct FilterCheckpoint: ParsableCommand {
         commandName: "checkpoint",
         abstract: "Close the disk's epoch and freeze its flat file; new writes go to an overlay until release.",
         discussion: """
-            For pull-mode backup tools: read NAME@checkpoint over NBD, then release. The \
-            checkpoint belongs to --owner-pid while that process lives, or else to a lease of \
-            --lease; while the owner lives, the lease runs or a reader is connected to \
-            NAME@checkpoint, `tessera backup` leaves the checkpoint alone. After that a backup \
-            may release it with abort (nothing is lost) and take its own.
+            For pull-mode backup tools: read NAME@checkpoint over NBD, then release. Several \
+            --disk take one checkpoint of all of them at one instant (a VM's consistency group): \
+            no write to any of them is ordered between the checkpoints. The checkpoint belongs \
+            to --owner-pid while that process lives, or else to a lease of --lease; while the \
+            owner lives, the lease runs or a reader is connected to NAME@checkpoint, `tessera \
+            backup` leaves the checkpoint alone. After that a backup may release it with abort \
+            (nothing is lost) and take its own.
             """)
     @OptionGroup var options: ControlOptions
-    @Option(help: "The disk.") var disk: String
+    @Option(help: "The disk (repeat it for a group checkpoint of several disks).") var disk: [String]
+    @Option(help: "A name for a group checkpoint (default: a new UUID).") var group: String?
     @Option(help: "How long the checkpoint is held for when no --owner-pid is given (90s, 30m, 2h, 1d).")
     var lease: Seconds = Seconds(3600)
     @Option(help: "The process that holds the checkpoint (for example the script's own $$).")
     var ownerPid: Int32?
 
     func validate() throws {
+        if disk.isEmpty { throw ValidationError("give the disk to checkpoint: --disk NAME (several for a group)") }
         if let ownerPid, ownerPid <= 0 { throw ValidationError("--owner-pid takes a process ID, not \(ownerPid)") }
         if lease.seconds <= 0 { throw ValidationError("--lease must be longer than 0 seconds") }
+        if group != nil && disk.count == 1 { throw ValidationError("--group names a checkpoint of several disks; give --disk more than once") }
     }
 
     func run() throws {
         let owner = ownerPid.map { CheckpointOwner(pid: $0) } ?? .lease(seconds: lease.seconds)
-        let r = try withControl(options) { try $0.checkpoint(disk: disk, owner: owner) }
-        if options.json { Output.json(r); return }
-        print("checkpoint \(r.changeID) on disk \(r.disk)")
-        if let p = r.previous { print("previous   \(p)") }
-        print("frozen     \(r.files.joined(separator: ", "))")
-        print("export     \(r.disk)@\(ChangeID(r.changeID)?.sequence ?? 0) (read-only; also \(r.disk)@checkpoint while it is open)")
+        let replies: [ControlProtocol.CheckpointReply] = try withControl(options) { client in
+            if disk.count == 1 { return [try client.checkpoint(disk: disk[0], owner: owner)] }
+            return try client.checkpointGroup(disks: disk, owner: owner, group: group).checkpoints
+        }
+        if options.json {
+            if disk.count == 1 { Output.json(replies[0]) } else { Output.json(replies) }
+            return
+        }
+        for r in replies {
+            print("checkpoint \(r.changeID) on disk \(r.disk)\(r.group.map { " (group \($0))" } ?? "")")
+            if let p = r.previous { print("previous   \(p)") }
+            print("frozen     \(r.files.joined(separator: ", "))")
+            print("export     \(r.disk)@\(ChangeID(r.changeID)?.sequence ?? 0) (read-only; also \(r.disk)@checkpoint while it is open)")
+        }
         print("held by    \(owner.holderDescription)")
-        print("read it, then: tessera filter release --control \(options.control) --disk \(disk) [--abort]")
+        print("read, then: " + disk.map { "tessera filter release --control \(options.control) --disk \($0) [--abort]" }.joined(separator: "; "))
     }
 }
 

@@ -28,13 +28,14 @@ struct SnapshotsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "List the snapshots in a repository.")
     @OptionGroup var repository: RepositoryOptions
     @Option(help: "Only snapshots of this disk.") var disk: String?
+    @Option(help: "Only snapshots of this consistency group (the disks of a VM taken at one instant).") var group: String?
     @Flag(help: "Print JSON.") var json = false
 
     struct Row: Codable {
         var id: String, disk: String, time: String, size: UInt64, changeID: String?, parent: String?, source: String
-        var bytesNew: UInt64, tags: [String]
+        var bytesNew: UInt64, tags: [String], group: String?
         enum CodingKeys: String, CodingKey {
-            case id, disk, time, size, parent, source, tags
+            case id, disk, time, size, parent, source, tags, group
             case changeID = "change_id", bytesNew = "bytes_new"
         }
     }
@@ -43,18 +44,21 @@ struct SnapshotsCommand: ParsableCommand {
         let rows: [Row] = try reportingErrors(json: json) {
             let repo = try Repository.open(at: repository.path)
             let formatter = ISO8601DateFormatter()
-            return try repo.snapshots().filter { disk == nil || $0.diskName == disk }.map {
+            return try repo.snapshots().filter { (disk == nil || $0.diskName == disk) && (group == nil || $0.group == group) }.map {
                 Row(id: $0.id, disk: $0.diskName, time: formatter.string(from: $0.time), size: $0.diskSize,
                     changeID: $0.changeID, parent: $0.parent, source: $0.source.rawValue,
-                    bytesNew: $0.stats.bytesStored, tags: $0.tags)
+                    bytesNew: $0.stats.bytesStored, tags: $0.tags, group: $0.group)
             }
         }
         if json { Output.json(rows); return }
-        print("ID        DISK          TIME                  SIZE        SOURCE      NEW         CHANGE ID")
+        // The group column only when some snapshot belongs to a group.
+        let grouped = rows.contains { $0.group != nil }
+        func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
+        print("ID        DISK          TIME                  SIZE        SOURCE      NEW         " + (grouped ? pad("GROUP", 14) : "") + "CHANGE ID")
         for r in rows {
-            func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count) }
             print(pad(String(r.id.prefix(8)), 10) + pad(r.disk, 14) + pad(r.time, 22) + pad(Output.bytes(r.size), 12)
-                  + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (r.changeID ?? "-"))
+                  + pad(r.source, 12) + pad(Output.bytes(r.bytesNew), 12) + (grouped ? pad(r.group ?? "-", 14) : "")
+                  + (r.changeID ?? "-"))
         }
         print(Output.count(rows.count, "snapshot"))
     }

@@ -60,7 +60,7 @@ struct RestoreCommand: ParsableCommand {
                     return try RestoreJob(repository: repo, snapshot: record, map: map, settings: settings,
                                           cancellation: signals.cancellation).run(into: target, progress: { bar.update($0) })
                 } catch let e as AgentError where e.code == .damaged && !keepGoing {
-                    throw AgentError(.damaged, e.message + "; --keep-going restores the rest (the damaged ranges read as zeroes)")
+                    throw AgentError(.damaged, e.message + "; --keep-going restores the rest (the damaged ranges read as zeroes)", cause: e)
                 }
             }
         }

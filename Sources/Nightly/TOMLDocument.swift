@@ -1,0 +1,107 @@
+import Foundation
+import TOMLKit
+
+/// A TOML document as plain values, with the line each key came from, so that a config error
+/// can name the file, the line and the key. The one file that imports TOMLKit.
+public struct TOMLDocument: Sendable {
+    public indirect enum Value: Sendable, Equatable {
+        case table([String: Value])
+        case array([Value])
+        case string(String)
+        case int(Int)
+        case double(Double)
+        case bool(Bool)
+        /// Dates and times, which no Tessera setting uses.
+        case other(String)
+    }
+
+    public let root: [String: Value]
+    /// Key path (`vm[1].disk[0].path`) → line (1-based); tables map to their header's line.
+    public let lines: [String: Int]
+
+    /// - Throws: `ConfigError` with the line of the syntax error.
+    public init(text: String, file: String) throws {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigError(file: file, line: e.source.begin.line, key: nil, message: "not valid TOML: \(e.description)")
+        }
+        root = Self.values(of: table)
+        lines = TOMLLineMap.scan(text)
+    }
+
+    private static func values(of table: TOMLTable) -> [String: Value] {
+        var out: [String: Value] = [:]
+        for key in table.keys {
+            if let v = table[key] { out[key] = value(v) }
+        }
+        return out
+    }
+
+    private static func value(_ v: any TOMLValueConvertible) -> Value {
+        switch v.type {
+        case .table: return .table(v.table.map(values(of:)) ?? [:])
+        case .array: return .array(v.array.map { Array($0).map { value($0) } } ?? [])
+        case .string: return .string(v.string ?? "")
+        case .int: return .int(v.int ?? 0)
+        case .double: return .double(v.double ?? 0)
+        case .bool: return .bool(v.bool ?? false)
+        default: return .other("\(v)")
+        }
+    }
+}
+
+/// Finds the line of every key and table header by reading the text line by line: enough for
+/// configs (tables, arrays of tables, `key = value`, dotted keys); a key it cannot place gets
+/// its table's line.
+enum TOMLLineMap {
+    static func scan(_ text: String) -> [String: Int] {
+        var lines: [String: Int] = [:]
+        var table = ""                    // the current table's path, e.g. "vm[1].disk[0]"
+        var arrayCounts: [String: Int] = [:]  // path of an array of tables → entries so far
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("[[") {
+                let name = keyPath(inner(line, open: "[[", close: "]]"), under: "")
+                let parent = parentArrayPath(name, arrayCounts: arrayCounts)
+                let index = arrayCounts[parent, default: 0]
+                arrayCounts[parent] = index + 1
+                table = "\(parent)[\(index)]"
+                lines[table] = i + 1
+            } else if line.hasPrefix("[") {
+                table = parentArrayPath(keyPath(inner(line, open: "[", close: "]"), under: ""), arrayCounts: arrayCounts)
+                lines[table] = lines[table] ?? i + 1
+            } else if let eq = line.firstIndex(of: "=") {
+                let key = keyPath(String(line[..<eq]), under: table)
+                lines[key] = lines[key] ?? i + 1
+            }
+        }
+        return lines
+    }
+
+    private static func inner(_ line: String, open: String, close: String) -> String {
+        var s = line.dropFirst(open.count)
+        if let end = s.range(of: close) { s = s[..<end.lowerBound] }
+        return String(s)
+    }
+
+    /// `a."b c".d` under `t` → `t.a.b c.d`.
+    private static func keyPath(_ text: String, under table: String) -> String {
+        let parts = text.split(separator: ".").map { $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"'")) }
+        return ([table].filter { !$0.isEmpty } + parts).joined(separator: ".")
+    }
+
+    /// A header path like `vm.disk` names the newest entry of each enclosing array of tables:
+    /// `vm[1].disk`.
+    private static func parentArrayPath(_ path: String, arrayCounts: [String: Int]) -> String {
+        let parts = path.split(separator: ".")
+        var out = ""
+        for (i, part) in parts.enumerated() {
+            out = out.isEmpty ? String(part) : "\(out).\(part)"
+            if i < parts.count - 1, let n = arrayCounts[out], n > 0 { out += "[\(n - 1)]" }
+        }
+        return out
+    }
+}
