@@ -70,6 +70,8 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "TestSupport"]),
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
+        // Parses every command line in-process (`@testable import tessera`); runs nothing.
+        .testTarget(name: "TesseraCommandTests", dependencies: ["tessera", argumentParser]),
     ]
 )
 

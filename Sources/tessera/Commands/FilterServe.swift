@@ -60,18 +60,26 @@ struct FilterServe: AsyncParsableCommand {
         }
         if payloadStallTimeout < 1 { throw ValidationError("--payload-stall-timeout must be at least 1 second") }
         if controlIdleTimeout < 1 { throw ValidationError("--control-idle-timeout must be at least 1 second") }
+        if persistInterval < 1 { throw ValidationError("--persist-interval must be at least 1 second") }
+        do {
+            try trackerConfiguration.validate()
+        } catch let e as TrackerError {
+            throw ValidationError(e.message)
+        }
+    }
+
+    /// The tracking layout the options describe.
+    var trackerConfiguration: TrackerConfiguration {
+        TrackerConfiguration(granularity: granularity.bytes, activityLogExtentSize: activityLogExtent.bytes,
+                             activityLogSlots: activityLogSlots)
     }
 
     func run() async throws {
         var logger = Logger(label: "tessera.filter")
         logger.logLevel = .info
-        var configuration = TrackerConfiguration()
-        configuration.granularity = granularity.bytes
-        configuration.activityLogExtentSize = activityLogExtent.bytes
-        configuration.activityLogSlots = activityLogSlots
         let service: FilterService
         do {
-            service = try FilterService(stateDirectory: stateDir, configuration: configuration, logger: logger)
+            service = try FilterService(stateDirectory: stateDir, configuration: trackerConfiguration, logger: logger)
         } catch {
             Output.error("\(error)")
             throw ExitCode.failure
