@@ -21,8 +21,8 @@ struct DamageTests {
             dir = try TemporaryDirectory("damage")
             path = dir.path + "/repo"
             let repo = try Repository.initialize(at: path, chunkSize: 4096)
-            first = try backup(TestDisk.random(seed: 21, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
-            second = try backup(TestDisk.random(seed: 22, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
+            first = try backup(DiskModel.mixed(size: 4096 * 24, seed: 21, blockSize: 4096, zeroShare: 10), into: repo)
+            second = try backup(DiskModel.mixed(size: 4096 * 24, seed: 22, blockSize: 4096, zeroShare: 10), into: repo)
         }
 
         var store: LocalObjectStore { LocalObjectStore(root: path) }

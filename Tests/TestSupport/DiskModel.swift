@@ -105,6 +105,22 @@ public struct DiskModel: Sendable, Equatable {
         return model
     }
 
+    /// A disk of seeded blocks in shares: `zeroShare` percent zero, 25 percent compressible,
+    /// the rest random (the mix a repository test wants: holes, zstd and raw chunks).
+    public static func mixed(size: Int, seed: UInt64, blockSize: Int = 65536, zeroShare: Int = 25) -> DiskModel {
+        seeded(size: size, seed: seed, blockSize: blockSize) { _, g in
+            let pick = Int(g.next() % 100)
+            return pick < zeroShare ? .zero : pick < zeroShare + 25 ? .compressible : .random
+        }
+    }
+
+    /// Overwrites block `i` with random bytes from a generator seeded with `seed` (logged).
+    public mutating func scribble(block i: Int, seed: UInt64) {
+        var g = SeededGenerator(seed: seed)
+        let at = i * blockSize, n = min(blockSize, bytes.count - at)
+        write(g.bytes(n), at: UInt64(at))
+    }
+
     // MARK: - Files
 
     /// Writes the model to `path` (the same file if it exists, its old bytes gone): sparse,
