@@ -227,12 +227,18 @@ public final class ChildProcess: @unchecked Sendable {
 
         /// Waits until `check` says true or false (nil: keep waiting), or the timeout.
         func wait(timeout: Double, _ check: (State) -> Bool?) -> Bool? {
-            let deadline = timeout.isFinite ? Date(timeIntervalSinceNow: timeout) : Date.distantFuture
+            // No deadline for an infinite timeout: NSCondition.wait(until: .distantFuture)
+            // traps on Linux (the date overflows its timespec).
+            let deadline = timeout.isFinite ? Date(timeIntervalSinceNow: timeout) : nil
             condition.lock()
             defer { condition.unlock() }
             while true {
                 if let answer = check(self) { return answer }
-                if !condition.wait(until: deadline) { return check(self) }
+                if let deadline {
+                    if !condition.wait(until: deadline) { return check(self) }
+                } else {
+                    condition.wait()
+                }
             }
         }
 
