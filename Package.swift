@@ -58,7 +58,7 @@ let package = Package(
                           path: "Tools/make-fixtures"),
 
         // MARK: - Tests
-        .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["BlockIO", "Codecs", "CLinuxShims", "TrackerControl"], path: "Tests/TestSupport"),
         .testTarget(name: "CodecsTests", dependencies: ["Codecs", "TestSupport"]),
         .testTarget(name: "WorkersTests", dependencies: ["Workers"]),
         .testTarget(name: "BlockIOTests", dependencies: ["BlockIO", "TestSupport"]),
@@ -70,8 +70,10 @@ let package = Package(
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "Workers", "TestSupport", logging]),
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
-        // A real QEMU guest on the filter (TESSERA_VM_TESTS=1, Tools/test --vm).
+        // A real QEMU guest on the filter (TESSERA_VM_TESTS=1, on by default in Tools/test).
         .testTarget(name: "GuestTests", dependencies: ["TestSupport"]),
+        // Parses every command line in-process (`@testable import tessera`); runs nothing.
+        .testTarget(name: "TesseraCommandTests", dependencies: ["tessera", argumentParser]),
     ]
 )
 

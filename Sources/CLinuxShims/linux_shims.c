@@ -3,6 +3,7 @@
 #include <unistd.h>
 #include <sys/uio.h>
 #include <malloc.h>
+#include <spawn.h>
 #include "linux_shims.h"
 
 int tessera_punch_hole(int fd, off_t offset, off_t length) {
@@ -27,3 +28,9 @@ ssize_t tessera_pread_nowait(int fd, void *buffer, size_t length, off_t offset) 
 }
 
 int tessera_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+
+int tessera_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int tessera_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}

@@ -14,12 +14,14 @@ struct KilledBackupTests {
         let size = 32 << 20
         let diskPath = dir.file("disk.raw")
         var rng = SeededGenerator(seed: 4242)
-        var model = try DiskModel.create(at: diskPath, size: size, data: 16 << 20, at: 4 << 20, rng: &rng)
-        let filter = try FilterProcess(directory: dir.path, disk: "d", path: diskPath)
+        var model = DiskModel(size: size)
+        model.randomize(at: 4 << 20, length: 16 << 20, using: &rng)
+        try model.write(to: diskPath)
+        let filter = try FilterProcess.started(directory: dir, diskName: "d", diskPath: diskPath)
         defer { filter.stop() }
         let repo = dir.file("repo")
         try Tessera.ok(["init", "--repo", repo])
-        try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.control])
+        try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.controlPath])
 
         var known: [String: [UInt8]] = [:]
         func adoptNewSnapshots() throws {
@@ -35,29 +37,25 @@ struct KilledBackupTests {
         for round in 0..<rounds {
             let writes = randomWrites(20, maxPages: 32, diskSize: size, rng: &rng)
             try filter.write(writes)
-            for w in writes { model.fill(offset: w.offset, length: w.length, with: w.value) }
-            // Sometimes a full backup (long), sometimes an incremental, killed at a random instant.
-            let backup = Process()
-            backup.executableURL = URL(fileURLWithPath: Tessera.binary)
-            backup.arguments = ["backup", "--repo", repo, "--disk", "d", "--filter", filter.control] + (round % 2 == 0 ? ["--full"] : [])
-            backup.standardOutput = FileHandle.nullDevice
-            backup.standardError = FileHandle.nullDevice
-            try backup.run()
+            for w in writes { model.fill(w.value, at: UInt64(w.offset), length: UInt64(w.length)) }
+            // Sometimes a full backup (long), sometimes an incremental, killed at a random instant
+            // (the sleep is the point of the test).
+            let backup = try ChildProcess(tessera: ["backup", "--repo", repo, "--disk", "d", "--filter", filter.controlPath]
+                                                   + (round % 2 == 0 ? ["--full"] : []))
             usleep(UInt32.random(in: 0...400_000, using: &rng))
-            kill(backup.processIdentifier, SIGKILL)
-            backup.waitUntilExit()
+            backup.kill()
             try adoptNewSnapshots()
         }
 
         // The next backup succeeds and loses nothing.
-        let last = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.control, "--json"]))
+        let last = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.controlPath, "--json"]))
         try adoptNewSnapshots()
         #expect(known[last["snapshot"] as! String] == model.bytes)
         // Every committed snapshot restores exactly as the disk was when it was taken.
         for (id, bytes) in known {
             let out = dir.file("r-\(id).raw")
             try Tessera.ok(["restore", "--repo", repo, id, "--to", out])
-            #expect(try [UInt8](Data(contentsOf: URL(fileURLWithPath: out))) == bytes, "snapshot \(id) does not restore exactly")
+            expectSame(try fileBytes(out), bytes, "snapshot \(id) restored")
             try FileManager.default.removeItem(atPath: out)
         }
         // And the repository passes a full check, every byte re-hashed.

@@ -17,13 +17,8 @@ struct SourceKindTests {
 
         func backUp(bitmap: String?) throws -> [String: Any] {
             let sock = dir.file("q.sock")
-            let nbd = Process()
-            nbd.executableURL = URL(fileURLWithPath: ExternalTool.path("qemu-nbd") ?? "/usr/bin/qemu-nbd")
-            nbd.arguments = ["-r", "-f", "qcow2", "-k", sock, "-t"] + (bitmap.map { ["-B", $0] } ?? []) + [qcow]
-            try nbd.run()
-            // A read-only export: SIGKILL is safe, and qemu-nbd -t may linger after SIGTERM.
-            defer { kill(nbd.processIdentifier, SIGKILL); nbd.waitUntilExit(); unlink(sock) }
-            for _ in 0..<100 where !FileManager.default.fileExists(atPath: sock) { usleep(50_000) }
+            let nbd = try ChildProcess.qemuNBD(["-r", "-f", "qcow2", "-t"] + (bitmap.map { ["-B", $0] } ?? []) + [qcow], socket: sock)
+            defer { nbd.kill(); unlink(sock) }
             var args = ["backup", "--repo", repo, "--disk", "vm", "--nbd", "nbd+unix:///?socket=\(sock)", "--json"]
             if let bitmap { args += ["--bitmap", bitmap] }
             return try Tessera.summary(try Tessera.ok(args))
@@ -54,12 +49,8 @@ struct SourceKindTests {
         try runCommand("qemu-img", ["create", "-q", "-f", "qcow2", qcow, "8M"])
         try runCommand("qemu-img", ["bitmap", "--add", qcow, "b0"])
         try Tessera.ok(["init", "--repo", repo])
-        let nbd = Process()
-        nbd.executableURL = URL(fileURLWithPath: ExternalTool.path("qemu-nbd") ?? "/usr/bin/qemu-nbd")
-        nbd.arguments = ["-r", "-f", "qcow2", "-k", sock, "-t", "-B", "b0", qcow]
-        try nbd.run()
-        defer { kill(nbd.processIdentifier, SIGKILL); nbd.waitUntilExit() }
-        for _ in 0..<100 where !FileManager.default.fileExists(atPath: sock) { usleep(50_000) }
+        let nbd = try ChildProcess.qemuNBD(["-r", "-f", "qcow2", "-t", "-B", "b0", qcow], socket: sock)
+        defer { nbd.kill() }
         let uri = "nbd+unix:///?socket=\(sock)"
         let r = try Tessera.run(["backup", "--repo", repo, "--disk", "vm", "--nbd", uri, "--bitmap", "nosuch"])
         #expect(r.status == 1, "a missing bitmap must fail the backup, not read everything: \(r.stdout) \(r.stderr)")
@@ -76,21 +67,22 @@ struct SourceKindTests {
         let dir = try TemporaryDirectory("scan")
         let path = dir.file("disk.raw"), repo = dir.file("repo")
         var rng = SeededGenerator(seed: 5)
-        let f = try BlockFile(path: path, mode: .createReadWrite)
-        try f.truncate(to: 64 << 20)
-        try f.write(rng.bytes(1 << 20), at: 10 << 20)
+        var disk = DiskModel(size: 64 << 20)
+        disk.randomize(at: 10 << 20, length: 1 << 20, using: &rng)
+        try disk.write(to: path)
         try Tessera.ok(["init", "--repo", repo])
         let a = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--source", path, "--json"]))
         #expect(a["mode"] as? String == "scan")
         #expect((a["bytes_read"] as! Int) < 2 << 20, "holes must not be read: \(a)")
         #expect(a["chunks_new"] as? Int == 16)
-        try f.write(rng.bytes(4096), at: 10 << 20)
+        disk.randomize(at: 10 << 20, length: 4096, using: &rng)
+        try disk.write(to: path)
         let b = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--source", path, "--json"]))
         #expect(b["chunks_new"] as? Int == 1)
         #expect(b["chunks_reused"] as? Int == 15)
         let out = dir.file("out.raw")
         try Tessera.ok(["restore", "--repo", repo, "latest", "--disk", "d", "--to", out])
-        #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(contentsOf: URL(fileURLWithPath: path)))
+        expectSame(try fileBytes(out), disk.bytes, "the restore of the scanned disk")
     }
 
     @Test(.enabled(if: ExternalTool.available("qemu-img", "qemu-io")))

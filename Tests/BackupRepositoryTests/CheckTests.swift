@@ -14,14 +14,14 @@ struct CheckTests {
     /// Two snapshots of two different disks: two packs, two index files, two maps, two pages.
     struct Scene {
         let t: TestRepository
-        let disks: [TestDisk]
+        let disks: [DiskModel]
         let records: [SnapshotRecord]
 
         init(_ kind: StoreKind) throws {
             t = try kind.makeStore("check")
             let repo = try t.initialize(chunkSize: 4096)
-            disks = [TestDisk.random(seed: 61, size: 4096 * 24 + 1000, chunkSize: 4096, zeroShare: 10),
-                     TestDisk.random(seed: 62, size: 4096 * 20, chunkSize: 4096, zeroShare: 10)]
+            disks = [DiskModel.mixed(size: 4096 * 24 + 1000, seed: 61, blockSize: 4096, zeroShare: 10),
+                     DiskModel.mixed(size: 4096 * 20, seed: 62, blockSize: 4096, zeroShare: 10)]
             var records: [SnapshotRecord] = []
             for (i, d) in disks.enumerated() { records.append(try backup(d, into: repo, name: "disk\(i)")) }
             self.records = records
@@ -34,11 +34,11 @@ struct CheckTests {
         func ranges(_ d: Int, where pick: (ChunkID) -> Bool) -> [ByteRange] {
             let disk = disks[d]
             var out: [ByteRange] = []
-            for i in 0..<disk.chunkCount {
-                let c = disk.chunk(i)
+            for i in 0..<disk.blockCount {
+                let c = disk.block(i)
                 guard !c.allSatisfy({ $0 == 0 }) else { continue }
                 if pick(c.withUnsafeBytes { XXH3.hash128($0) }) {
-                    out.append(ByteRange(offset: UInt64(i * disk.chunkSize), length: UInt64(c.count)))
+                    out.append(ByteRange(offset: UInt64(i * disk.blockSize), length: UInt64(c.count)))
                 }
             }
             return out.coalesced()
@@ -49,8 +49,8 @@ struct CheckTests {
         }
 
         func chunks(_ d: Int) -> Set<ChunkID> {
-            Set((0..<disks[d].chunkCount).compactMap { i in
-                let c = disks[d].chunk(i)
+            Set((0..<disks[d].blockCount).compactMap { i in
+                let c = disks[d].block(i)
                 return c.allSatisfy { $0 == 0 } ? nil : c.withUnsafeBytes { XXH3.hash128($0) }
             })
         }
@@ -115,23 +115,23 @@ struct CheckTests {
     @Test(arguments: StoreKind.allCases)
     func noFalseAlarmsOnDuplicatesSharedChunksAndHealedCopies(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("check-busy")
-        var disk = TestDisk.random(seed: 63, size: 4096 * 40, chunkSize: 4096, zeroShare: 20)
+        var disk = DiskModel.mixed(size: 4096 * 40, seed: 63, blockSize: 4096, zeroShare: 20)
         // Two writers store the same chunks: two copies of each in different packs.
         let w1 = try repo.makeWriter(packTargetSize: 16 << 10), w2 = try repo.makeWriter(packTargetSize: 16 << 10)
-        for i in 0..<disk.chunkCount {
-            for w in [w1, w2] { _ = try disk.chunk(i).withUnsafeBytes { try w.store(chunk: $0, id: XXH3.hash128($0)) } }
+        for i in 0..<disk.blockCount {
+            for w in [w1, w2] { _ = try disk.block(i).withUnsafeBytes { try w.store(chunk: $0, id: XXH3.hash128($0)) } }
         }
         try w1.flush()
         try w2.flush()
         _ = try backup(disk, into: repo, name: "a")
-        disk.scribble(chunk: 3, seed: 5)
+        disk.scribble(block: 3, seed: 5)
         _ = try backup(disk, into: repo, name: "b")
         // A copy set aside, then healed by the next backup.
-        let victim = disk.chunk(7).withUnsafeBytes { XXH3.hash128($0) }
+        let victim = disk.block(7).withUnsafeBytes { XXH3.hash128($0) }
         try repo.setChunkAside(victim, reason: "test")
         _ = try backup(disk, into: try t.open(), name: "a")
         let garbage = try repo.makeWriter(packTargetSize: 4096)
-        _ = try TestDisk.random(seed: 64, size: 4096 * 4, chunkSize: 4096, zeroShare: 0).bytes.withUnsafeBytes { b in
+        _ = try DiskModel.mixed(size: 4096 * 4, seed: 64, blockSize: 4096, zeroShare: 0).bytes.withUnsafeBytes { b in
             try garbage.store(chunk: UnsafeRawBufferPointer(rebasing: b[0..<4096]), id: XXH3.hash128(UnsafeRawBufferPointer(rebasing: b[0..<4096])))
         }
         try garbage.flush()

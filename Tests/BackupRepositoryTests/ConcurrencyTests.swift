@@ -5,13 +5,8 @@ import Testing
 import TestSupport
 
 /// Runs `make-fixtures stress-writer` (the hidden helper mode) as a child process.
-func startStressWriter(repo: String, seed: UInt64, rounds: Int?) throws -> Process {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: BuiltProducts.executable("make-fixtures"))
-    p.arguments = ["stress-writer", repo, String(seed)] + (rounds.map { [String($0)] } ?? [])
-    p.standardOutput = FileHandle.nullDevice
-    try p.run()
-    return p
+func startStressWriter(repo: String, seed: UInt64, rounds: Int?) throws -> ChildProcess {
+    try ChildProcess(BuiltProducts.executable("make-fixtures"), ["stress-writer", repo, String(seed)] + (rounds.map { [String($0)] } ?? []))
 }
 
 struct ConcurrencyTests {
@@ -26,8 +21,8 @@ struct ConcurrencyTests {
                 for round in 0..<6 {
                     let lock = try repo.lock(.shared)
                     // Half of each disk is shared between the writers: both may store those chunks.
-                    var disk = TestDisk.random(seed: 1000 + UInt64(round), size: 4096 * 32, chunkSize: 4096, zeroShare: 10)
-                    for i in stride(from: w, to: 32, by: 2) { disk.scribble(chunk: i, seed: UInt64(w * 100 + round * 7 + i)) }
+                    var disk = DiskModel.mixed(size: 4096 * 32, seed: 1000 + UInt64(round), blockSize: 4096, zeroShare: 10)
+                    for i in stride(from: w, to: 32, by: 2) { disk.scribble(block: i, seed: UInt64(w * 100 + round * 7 + i)) }
                     try backup(disk, into: repo, name: "disk\(w)", packTargetSize: 24 << 10)
                     try lock.release()
                 }
@@ -44,9 +39,8 @@ struct ConcurrencyTests {
         _ = try Repository.initialize(at: dir.path, chunkSize: 4096)
         let a = try startStressWriter(repo: dir.path, seed: 1, rounds: 4)
         let b = try startStressWriter(repo: dir.path, seed: 2, rounds: 4)
-        a.waitUntilExit()
-        b.waitUntilExit()
-        #expect(a.terminationStatus == 0 && b.terminationStatus == 0)
+        let (ra, rb) = (a.wait().result, b.wait().result)
+        #expect(ra.status == 0 && rb.status == 0, "\(ra.stderr) \(rb.stderr)")
         #expect(try verifyAllSnapshots(at: dir.path) == 8)
         #expect(try Repository.open(at: dir.path).locks().isEmpty)
     }
@@ -63,9 +57,8 @@ struct CrashTests {
         for k in 0..<kills {
             let child = try startStressWriter(repo: dir.path, seed: 100 + UInt64(k), rounds: nil)
             usleep(UInt32(50_000 + g.next() % 400_000))
-            kill(child.processIdentifier, SIGKILL)
-            child.waitUntilExit()
-            #expect(child.terminationReason == .uncaughtSignal)
+            let killed = child.kill()
+            #expect(killed.status == 128 + SIGKILL, "the stress writer ended on its own: \(killed.status) \(killed.stderr)")
             try verifyAllSnapshots(at: dir.path)
         }
         // The killed children left their shared locks behind: stale (dead pids), so removable.
@@ -76,8 +69,8 @@ struct CrashTests {
         // Backups go on: two more complete rounds, and everything still restores.
         let before = try repo.snapshotIDs().count
         let last = try startStressWriter(repo: dir.path, seed: 999, rounds: 2)
-        last.waitUntilExit()
-        #expect(last.terminationStatus == 0)
+        let finished = last.wait().result
+        #expect(finished.status == 0, "\(finished.stderr)")
         #expect(try verifyAllSnapshots(at: dir.path) == before + 2)
     }
 }

@@ -17,8 +17,8 @@ struct DamageTests {
         init(_ kind: StoreKind) throws {
             t = try kind.makeStore("damage")
             let repo = try t.initialize(chunkSize: 4096)
-            first = try backup(TestDisk.random(seed: 21, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
-            second = try backup(TestDisk.random(seed: 22, size: 4096 * 24, chunkSize: 4096, zeroShare: 10), into: repo)
+            first = try backup(DiskModel.mixed(size: 4096 * 24, seed: 21, blockSize: 4096, zeroShare: 10), into: repo)
+            second = try backup(DiskModel.mixed(size: 4096 * 24, seed: 22, blockSize: 4096, zeroShare: 10), into: repo)
         }
 
         var store: any ObjectStore { t.store }

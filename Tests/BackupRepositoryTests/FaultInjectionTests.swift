@@ -10,15 +10,15 @@ import TestSupport
 struct FaultInjectionTests {
     /// 5000 chunks (two map pages), mostly zero, cut into small packs so the backup writes
     /// several packs, an index, pages, a map and a record.
-    let base: TestDisk
-    let changed: TestDisk
+    let base: DiskModel
+    let changed: DiskModel
     /// A repository holding one backup of `base`, copied for every scenario.
     let template: TemporaryDirectory
 
     init() throws {
-        base = TestDisk.random(seed: 11, size: 4096 * 4100, chunkSize: 4096, zeroShare: 98)
+        base = DiskModel.mixed(size: 4096 * 4100, seed: 11, blockSize: 4096, zeroShare: 98)
         var d = base
-        for (k, i) in [3, 17, 200, 4097].enumerated() { d.scribble(chunk: i, seed: 500 + UInt64(k)) }
+        for (k, i) in [3, 17, 200, 4097].enumerated() { d.scribble(block: i, seed: 500 + UInt64(k)) }
         changed = d
         template = try TemporaryDirectory("fault-template")
         let repo = try Repository.initialize(at: template.path + "/repo", chunkSize: 4096)

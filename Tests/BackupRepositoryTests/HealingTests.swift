@@ -10,10 +10,10 @@ struct HealingTests {
     @Test(arguments: StoreKind.allCases)
     func aChunkSetAsideIsStoredAgainByTheNextBackupWhichHealsOldSnapshots(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("heal")
-        let disk = TestDisk.random(seed: 41, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
+        let disk = DiskModel.mixed(size: 4096 * 16, seed: 41, blockSize: 4096, zeroShare: 0)
         let old = try backup(disk, into: repo)
         // Damage one chunk's payload inside its pack.
-        let victim = disk.chunk(5).withUnsafeBytes { XXH3.hash128($0) }
+        let victim = disk.block(5).withUnsafeBytes { XXH3.hash128($0) }
         let loc = try #require(repo.location(of: victim))
         try t.change(ObjectKey(.pack, loc.pack.hex)) { $0[Int(loc.offset) + ObjectEnvelope.headerSize + 7] ^= 1 }
         #expect((#expect(throws: RepositoryError.self) { _ = try restore(old, from: repo) })?.object == "pack \(loc.pack)")
@@ -34,7 +34,7 @@ struct HealingTests {
     @Test(arguments: StoreKind.allCases)
     func lostIndexFilesAreRebuiltFromThePacksAlone(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("heal")
-        let disk = TestDisk.random(seed: 42, size: 4096 * 64, chunkSize: 4096, zeroShare: 10)
+        let disk = DiskModel.mixed(size: 4096 * 64, seed: 42, blockSize: 4096, zeroShare: 10)
         let record = try backup(disk, into: repo, packTargetSize: 40 << 10)
         let store = t.store
         for key in try store.list(.index) { try store.delete(key) }
@@ -57,7 +57,7 @@ struct HealingTests {
     @Test func everyObjectIsListedAndLeftoversAreNot() throws {
         let dir = try TemporaryDirectory("heal")
         let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
-        let record = try backup(TestDisk.random(seed: 43, size: 4096 * 8, chunkSize: 4096), into: repo)
+        let record = try backup(DiskModel.mixed(size: 4096 * 8, seed: 43, blockSize: 4096), into: repo)
         let lock = try repo.lock(.shared)
         // A leftover temp file from a killed writer is not an object.
         let store = LocalObjectStore(root: dir.path)

@@ -28,11 +28,9 @@ struct LockTests {
 
     /// A pid that certainly belonged to a process that has exited.
     func deadPID() throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/true")
-        try p.run()
-        p.waitUntilExit()
-        return p.processIdentifier
+        let p = try ChildProcess("/bin/true", [])
+        _ = p.wait()
+        return p.pid
     }
 
     func plant(_ info: LockInfo, in repo: Repository) throws {

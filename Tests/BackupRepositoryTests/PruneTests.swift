@@ -15,10 +15,10 @@ struct PruneTests {
     /// half written and a leftover temp file (a store of whole objects has no leftovers).
     static func makeRepository(_ kind: StoreKind, _ label: String) throws -> (TestRepository, [SnapshotRecord]) {
         let (t, repo) = try kind.makeRepository(label)
-        var disk = TestDisk.random(seed: 71, size: 4096 * 48, chunkSize: 4096, zeroShare: 10)
+        var disk = DiskModel.mixed(size: 4096 * 48, seed: 71, blockSize: 4096, zeroShare: 10)
         var records: [SnapshotRecord] = []
         for night in 0..<8 {
-            for k in 0..<6 { disk.scribble(chunk: (night * 7 + k * 5) % disk.chunkCount, seed: UInt64(night * 100 + k)) }
+            for k in 0..<6 { disk.scribble(block: (night * 7 + k * 5) % disk.blockCount, seed: UInt64(night * 100 + k)) }
             records.append(try backup(disk, into: repo, packTargetSize: 24 << 10, time: Date(timeIntervalSince1970: 1_700_000_000 + Double(night) * 86400)))
         }
         // A killed backup: packs written, never indexed, no snapshot.
@@ -201,9 +201,9 @@ struct PruneTests {
     @Test(arguments: StoreKind.allCases)
     func packsWithSetAsideChunksGoToQuarantineOnceHealed(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("prune")
-        let disk = TestDisk.random(seed: 72, size: 4096 * 16, chunkSize: 4096, zeroShare: 0)
+        let disk = DiskModel.mixed(size: 4096 * 16, seed: 72, blockSize: 4096, zeroShare: 0)
         _ = try backup(disk, into: repo)
-        let victim = disk.chunk(3).withUnsafeBytes { XXH3.hash128($0) }
+        let victim = disk.block(3).withUnsafeBytes { XXH3.hash128($0) }
         let pack = try #require(repo.location(of: victim)).pack
         try repo.setChunkAside(victim, reason: "test")
         // Unhealed: prune refuses rather than lose track of the chunk.

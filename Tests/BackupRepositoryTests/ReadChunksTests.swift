@@ -11,7 +11,7 @@ struct ReadChunksTests {
     @Test func everySlotGetsItsChunkOrItsOwnError() throws {
         let dir = try TemporaryDirectory("readchunks")
         let repo = try Repository.initialize(at: dir.path, chunkSize: 4096)
-        let disk = TestDisk.random(seed: 5, size: 4096 * 40, chunkSize: 4096, zeroShare: 0)
+        let disk = DiskModel.mixed(size: 4096 * 40, seed: 5, blockSize: 4096, zeroShare: 0)
         // Small packs, so a batch spans several packs and runs.
         let record = try backup(disk, into: repo, packTargetSize: 24 << 10)
         let map = try repo.readDiskMap(record.diskMap)
@@ -46,7 +46,7 @@ struct ReadChunksTests {
                 #expect(e.code == .notFound)
             default:
                 #expect((try? results[k].get()) == 4096)
-                #expect(slot == Array(disk.chunk(k)), "slot \(k) holds the wrong bytes")
+                #expect(slot == Array(disk.block(k)), "slot \(k) holds the wrong bytes")
             }
         }
     }

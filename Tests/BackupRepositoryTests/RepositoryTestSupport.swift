@@ -5,59 +5,16 @@ import Foundation
 import Synchronization
 import TestSupport
 
-/// A made-up disk for tests: its bytes and the chunk size it is cut at.
-struct TestDisk {
-    var bytes: [UInt8]
-    var chunkSize: Int
-
-    var chunkCount: Int { (bytes.count + chunkSize - 1) / chunkSize }
-
-    func chunk(_ i: Int) -> ArraySlice<UInt8> {
-        bytes[i * chunkSize..<min((i + 1) * chunkSize, bytes.count)]
-    }
-
-    /// A disk with a mix of zero, compressible and random chunks (seeded).
-    static func random(seed: UInt64, size: Int, chunkSize: Int, zeroShare: Int = 25) -> TestDisk {
-        var g = SeededGenerator(seed: seed)
-        var bytes = [UInt8](repeating: 0, count: size)
-        var at = 0
-        while at < size {
-            let n = min(chunkSize, size - at)
-            let pick = Int(g.next() % 100)
-            if pick < zeroShare {
-                // stays zero
-            } else if pick < zeroShare + 25 {
-                let word = g.next()
-                for j in 0..<n { bytes[at + j] = UInt8(truncatingIfNeeded: word >> (8 * UInt64(j % 8))) &+ UInt8(j / 512) }
-            } else {
-                let r = g.bytes(n)
-                bytes.replaceSubrange(at..<at + n, with: r)
-            }
-            at += n
-        }
-        return TestDisk(bytes: bytes, chunkSize: chunkSize)
-    }
-
-    /// Overwrites chunk `i` with fresh random bytes.
-    mutating func scribble(chunk i: Int, seed: UInt64) {
-        var g = SeededGenerator(seed: seed)
-        let lo = i * chunkSize, hi = min(lo + chunkSize, bytes.count)
-        bytes.replaceSubrange(lo..<hi, with: g.bytes(hi - lo))
-    }
-
-    var hash: Digest128 { XXH3.hash128(bytes) }
-}
-
 /// Backs a disk up in full (every chunk offered; dedup decides) and commits a snapshot
 /// tagged with the XXH3-128 of the disk, so any reader can check what it restores.
 @discardableResult
-func backup(_ disk: TestDisk, into repo: Repository, name: String = "disk0", packTargetSize: Int = 16 << 20,
+func backup(_ disk: DiskModel, into repo: Repository, name: String = "disk0", packTargetSize: Int = 16 << 20,
             id: String = SnapshotRecord.newID(), time: Date = Date()) throws -> SnapshotRecord {
     let writer = try repo.makeWriter(packTargetSize: packTargetSize)
-    var map = try DiskMap(diskSize: UInt64(disk.bytes.count), chunkSize: disk.chunkSize)
+    var map = try DiskMap(diskSize: UInt64(disk.bytes.count), chunkSize: disk.blockSize)
     var stats = SnapshotRecord.Stats()
-    for i in 0..<disk.chunkCount {
-        let c = disk.chunk(i)
+    for i in 0..<disk.blockCount {
+        let c = disk.block(i)
         let outcome = try c.withUnsafeBytes { b in try writer.store(chunk: b, id: XXH3.hash128(b)) }
         switch outcome {
         case .zero: stats.chunksZero += 1
@@ -72,7 +29,7 @@ func backup(_ disk: TestDisk, into repo: Repository, name: String = "disk0", pac
     }
     stats.bytesRead = UInt64(disk.bytes.count)
     let mapID = try writer.writeDiskMap(map)
-    let record = SnapshotRecord(id: id, diskName: name, time: time, diskSize: UInt64(disk.bytes.count), chunkSize: disk.chunkSize,
+    let record = SnapshotRecord(id: id, diskName: name, time: time, diskSize: UInt64(disk.bytes.count), chunkSize: disk.blockSize,
                                 source: .full, tags: ["disk-xxh3=\(disk.hash.hex)"], stats: stats, diskMap: mapID)
     try writer.commit(record)
     return record

@@ -115,15 +115,15 @@ struct RoundTripTests {
     func diskMapsWithZeroEntriesAndAPartialLastChunkRoundTrip(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
         // 5000 chunks (two pages) and a partial last chunk of 100 bytes.
-        let disk = TestDisk.random(seed: 4, size: 4096 * 4999 + 100, chunkSize: 4096, zeroShare: 60)
+        let disk = DiskModel.mixed(size: 4096 * 4999 + 100, seed: 4, blockSize: 4096, zeroShare: 60)
         let record = try backup(disk, into: repo)
         let map = try repo.readDiskMap(record.diskMap)
         #expect(map.count == 5000)
         #expect(map.diskSize == UInt64(disk.bytes.count))
         #expect(map.byteRange(ofChunk: 4999) == ByteRange(offset: 4096 * 4999, length: 100))
         for i in 0..<map.count {
-            let zero = disk.chunk(i).allSatisfy { $0 == 0 }
-            #expect(map[i] == (zero ? nil : disk.chunk(i).withUnsafeBytes { XXH3.hash128($0) }))
+            let zero = disk.block(i).allSatisfy { $0 == 0 }
+            #expect(map[i] == (zero ? nil : disk.block(i).withUnsafeBytes { XXH3.hash128($0) }))
         }
         #expect(try restore(record, from: repo) == disk.bytes)
         #expect(try t.open().readDiskMap(record.diskMap) == map)
@@ -133,11 +133,11 @@ struct RoundTripTests {
     func mapsThatDifferInOneEntryShareEveryOtherPage(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
         defer { withExtendedLifetime(t) {} }
-        var disk = TestDisk.random(seed: 5, size: 4096 * 10_000, chunkSize: 4096, zeroShare: 80)
+        var disk = DiskModel.mixed(size: 4096 * 10_000, seed: 5, blockSize: 4096, zeroShare: 80)
         let first = try backup(disk, into: repo)
         let pagesBefore = try repo.store.list(.mapPage).count
         #expect(pagesBefore == 3)
-        disk.scribble(chunk: 5000, seed: 99)
+        disk.scribble(block: 5000, seed: 99)
         let second = try backup(disk, into: repo)
         #expect(first.diskMap != second.diskMap)
         // Only the page holding entry 5000 is new.
@@ -165,12 +165,12 @@ struct RoundTripTests {
     func snapshotRecordsRoundTripAndSortByTime(_ kind: StoreKind) throws {
         let (t, repo) = try kind.makeRepository("rt", chunkSize: 4096)
         defer { withExtendedLifetime(t) {} }
-        let disk = TestDisk.random(seed: 6, size: 4096 * 8, chunkSize: 4096)
+        let disk = DiskModel.mixed(size: 4096 * 8, seed: 6, blockSize: 4096)
         let writer = try repo.makeWriter()
-        for i in 0..<disk.chunkCount { _ = try disk.chunk(i).withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) } }
+        for i in 0..<disk.blockCount { _ = try disk.block(i).withUnsafeBytes { try writer.store(chunk: $0, id: XXH3.hash128($0)) } }
         var map = try DiskMap(diskSize: UInt64(disk.bytes.count), chunkSize: 4096)
-        for i in 0..<disk.chunkCount where !disk.chunk(i).allSatisfy({ $0 == 0 }) {
-            map[i] = disk.chunk(i).withUnsafeBytes { XXH3.hash128($0) }
+        for i in 0..<disk.blockCount where !disk.block(i).allSatisfy({ $0 == 0 }) {
+            map[i] = disk.block(i).withUnsafeBytes { XXH3.hash128($0) }
         }
         let mapID = try writer.writeDiskMap(map)
         let record = SnapshotRecord(id: "ab" + String(repeating: "0", count: 30), diskName: "vm1-disk0",

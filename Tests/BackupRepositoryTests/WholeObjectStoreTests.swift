@@ -30,7 +30,7 @@ struct WholeObjectStoreTests {
         let store = WholeObjectStore(inner: LocalObjectStore(root: dir.path))
         try store.inner.createLayout()
         let repo = try Repository.initialize(store: store, chunkSize: 4096)
-        let disk = TestDisk.random(seed: 12, size: 4096 * 30, chunkSize: 4096)
+        let disk = DiskModel.mixed(size: 4096 * 30, seed: 12, blockSize: 4096)
         let record = try backup(disk, into: repo, packTargetSize: 20 << 10)
         #expect(try store.list(.pack).count > 1)
         #expect(try store.inner.leftovers().isEmpty)

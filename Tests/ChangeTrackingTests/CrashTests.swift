@@ -39,22 +39,14 @@ struct CrashTests {
             let before = try ChangeTracker.open(stateDirectory: dir.path, diskSize: Self.diskSize, identity: nil, configuration: Self.configuration)
             let roundStart = before.status().currentChangeID
             try before.close(identity: nil)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = [dir.path, String(1000 + round)]
-            let out = Pipe()
-            process.standardOutput = out
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            let process = try ChildProcess(executable, [dir.path, String(1000 + round)])
             // A random instant: from during open to deep into the stream.
             usleep(UInt32.random(in: 5_000...250_000, using: &rng))
-            kill(process.processIdentifier, SIGKILL)
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            #expect(process.terminationReason == .uncaughtSignal, "round \(round): the torture tool died on its own: status \(process.terminationStatus)")
+            let killed = process.kill()
+            #expect(killed.status == 128 + SIGKILL, "round \(round): the torture tool died on its own: status \(killed.status): \(killed.stderr)")
 
             // Only whole lines are completed operations.
-            var text = String(decoding: data, as: UTF8.self)
+            var text = killed.stdout
             if let lastNewline = text.lastIndex(of: "\n") { text = String(text[...lastNewline]) } else { text = "" }
             var handedOut: [ChangeID] = []
             var marks: [Mark] = []

@@ -33,7 +33,7 @@ struct CachedReadTests {
     @Test func fastReadsMatchOrdinaryReadsWithAndWithoutACheckpoint() throws {
         let dir = try TemporaryDirectory("filter-cached-read")
         let path = dir.file("disk.raw")
-        var model = try makeDisk(path, size: Self.size, seed: 41)
+        var model = try DiskModel.create(at: path, size: Self.size, seed: 41)
         let disk = try FilteredDisk.attach(name: "d0", path: path, stateDirectory: dir.file("state"),
                                            configuration: TrackerConfiguration())
         defer { try? disk.close() }

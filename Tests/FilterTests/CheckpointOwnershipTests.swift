@@ -30,7 +30,7 @@ struct CheckpointOwnershipTests {
     func aCheckpointReaderNeverReadsAnotherCheckpoint() throws {
         let dir = try TemporaryDirectory("ckpt-reader")
         let diskPath = dir.file("disk.raw")
-        var model = try makeDisk(diskPath, size: Self.size, seed: 61)
+        var model = try DiskModel.create(at: diskPath, size: Self.size, seed: 61)
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
         try withFilter(filter) { f in
             let first = try f.cli(["checkpoint", "--disk", "d0", "--json"])
@@ -76,7 +76,7 @@ struct CheckpointOwnershipTests {
             #expect(try pinned.read(offset: 0, length: 65536) == newBytes)
             pinned.close()
             #expect(try f.cli(["release", "--disk", "d0"]).succeeded)
-            #expect(try f.stop() == 0)
+            f.stop()
         }
     }
 
@@ -84,7 +84,7 @@ struct CheckpointOwnershipTests {
     func aBackupLeavesACheckpointInUseAloneAndReleasesAStaleOne() throws {
         let dir = try TemporaryDirectory("ckpt-owner")
         let diskPath = dir.file("disk.raw")
-        _ = try makeDisk(diskPath, size: Self.size, seed: 62)
+        try DiskModel.create(at: diskPath, size: Self.size, seed: 62)
         let repo = dir.file("repo")
         try Tessera.ok(["init", "--repo", repo])
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
@@ -104,6 +104,7 @@ struct CheckpointOwnershipTests {
             // A lease that ran out, but a reader still connected: in use.
             #expect(try f.cli(["checkpoint", "--disk", "d0", "--lease", "1s"]).succeeded)
             let reader = try connect(f, "d0@checkpoint")
+            // The point: the 1 s lease runs out while the reader is connected.
             usleep(1_500_000)
             open = try #require(try f.status().checkpoint)
             #expect(open.readers == 1 && open.stale == nil, "\(open)")
@@ -111,26 +112,22 @@ struct CheckpointOwnershipTests {
             #expect(!r.succeeded && r.stderr.contains("reader"), "a backup took a checkpoint from its reader: \(r.stderr)")
             // The reader leaves: stale, and the next backup releases it (abort) and runs.
             reader.close()
-            var waited = 0
-            while try f.status().checkpoint?.readers != 0 && waited < 500 { usleep(10_000); waited += 1 }
+            // Nothing announces that the filter noticed the disconnect: STATUS says so.
+            _ = try pollUntil(timeout: 5) { try f.status().checkpoint?.readers == 0 }
             #expect(try f.status().checkpoint?.stale != nil)
             r = try backup()
             #expect(r.succeeded, "the backup did not take over a stale checkpoint: \(r.stderr)")
 
             // --owner-pid: held while that process lives.
-            let holder = Process()
-            holder.executableURL = URL(fileURLWithPath: "/bin/sleep")
-            holder.arguments = ["60"]
-            try holder.run()
-            #expect(try f.cli(["checkpoint", "--disk", "d0", "--owner-pid", "\(holder.processIdentifier)"]).succeeded)
+            let holder = try ChildProcess("/bin/sleep", ["60"])
+            #expect(try f.cli(["checkpoint", "--disk", "d0", "--owner-pid", "\(holder.pid)"]).succeeded)
             r = try backup()
-            #expect(!r.succeeded && r.stderr.contains("process \(holder.processIdentifier)") && !r.stderr.contains("release --control"),
+            #expect(!r.succeeded && r.stderr.contains("process \(holder.pid)") && !r.stderr.contains("release --control"),
                     "a backup took a checkpoint from a live process, or told to release it: \(r.stderr)")
-            kill(holder.processIdentifier, SIGKILL)
-            holder.waitUntilExit()
+            holder.kill()
             r = try backup()
             #expect(r.succeeded, "the backup did not take over the checkpoint of a process that died: \(r.stderr)")
-            #expect(try f.stop() == 0)
+            f.stop()
         }
     }
 }

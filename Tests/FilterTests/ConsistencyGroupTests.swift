@@ -22,6 +22,9 @@ struct ConsistencyGroupTests {
         let log: FilteredDisk, data: FilteredDisk
         let committed = Atomic<Int>(0)
         let stop = Atomic<Bool>(false)
+        /// Signalled after every commit (and when the writer ends), for `waitUntilCommitted`.
+        private let progress = NSCondition()
+        private let ended = Atomic<Bool>(false)
 
         init(log: FilteredDisk, data: FilteredDisk) {
             self.log = log
@@ -34,14 +37,35 @@ struct ConsistencyGroupTests {
             return b
         }
 
+        /// Waits until `count` transactions are committed; false when the writer ended first
+        /// (or a minute passed).
+        func waitUntilCommitted(_ count: Int) -> Bool {
+            let deadline = Date(timeIntervalSinceNow: 60)
+            progress.lock()
+            defer { progress.unlock() }
+            while committed.load(ordering: .relaxed) < count {
+                if ended.load(ordering: .relaxed) || !progress.wait(until: deadline) { return committed.load(ordering: .relaxed) >= count }
+            }
+            return true
+        }
+
         func run() throws {
+            defer {
+                progress.lock()
+                ended.store(true, ordering: .relaxed)
+                progress.broadcast()
+                progress.unlock()
+            }
             for i in 0..<ConsistencyGroupTests.records where !stop.load(ordering: .relaxed) {
                 let offset = UInt64(i * ConsistencyGroupTests.recordSize)
                 try Self.block(i).withUnsafeBytes { try log.write(offset: offset, bytes: $0, fua: false) }
                 try log.flush()
                 try Self.block(i).withUnsafeBytes { try data.write(offset: offset, bytes: $0, fua: false) }
                 try data.flush()
+                progress.lock()
                 committed.store(i + 1, ordering: .relaxed)
+                progress.broadcast()
+                progress.unlock()
             }
         }
     }
@@ -100,10 +124,10 @@ struct ConsistencyGroupTests {
         let thread = Thread { try? writer.run() }
         thread.start()
         defer { writer.stop.store(true, ordering: .relaxed) }
-        while writer.committed.load(ordering: .relaxed) < 10 { usleep(1000) }
+        try #require(writer.waitUntilCommitted(10), "the writer did not commit 10 transactions")
         let logInfo = try log.checkpoint()
         let at = writer.committed.load(ordering: .relaxed)
-        while writer.committed.load(ordering: .relaxed) < at + 3 { usleep(1000) }
+        try #require(writer.waitUntilCommitted(at + 3), "the writer stopped after the log's checkpoint")
         let dataInfo = try data.checkpoint()
         let records = try Self.count(log, logInfo.changeID.description)
         let datas = try Self.count(data, dataInfo.changeID.description)
@@ -146,7 +170,7 @@ struct ConsistencyGroupTests {
             #expect(throws: FilterError.self) { _ = try f.client().checkpointGroup(disks: ["a", "a"]) }
             #expect(throws: FilterError.self) { _ = try f.client().checkpointGroup(disks: ["a", "nosuch"]) }
             for d in ["a", "b"] { _ = try f.client().release(disk: d, commit: true) }
-            #expect(try f.stop() == 0)
+            #expect(f.stop() == 0)
         }
     }
 }

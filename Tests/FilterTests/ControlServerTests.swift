@@ -149,7 +149,7 @@ struct ControlServerTests {
 
     /// Waits for `semaphore`; after a minute (a broken server) the test fails instead of hanging.
     static func wait(_ semaphore: DispatchSemaphore, for what: String) throws {
-        if semaphore.wait(timeout: .now() + 60) == .timedOut { throw HarnessFailure(description: "\(what) never happened") }
+        if semaphore.wait(timeout: .now() + 60) == .timedOut { throw CommandError(description: "\(what) never happened") }
     }
 
     /// Runs `body` on a thread of its own; the semaphore is signalled when it is done.
@@ -230,7 +230,7 @@ struct ControlServerTests {
         let stopping = Task { await server.stop() }
         // The socket file goes once every connection was told to drain, before the server
         // waits for them: from then on the queued STATUS cannot start.
-        while FileManager.default.fileExists(atPath: s.socket) { try await Task.sleep(for: .milliseconds(1)) }
+        #expect(await FileWatch.waitInBackground(for: s.socket, toExist: false), "the socket file stayed")
         proceed.signal()
         await stopping.value
         let replies = try Self.readAll(connection)

@@ -89,7 +89,8 @@ struct FailureRollbackTests {
                 if first.exchange(false, ordering: .relaxed) { merging.signal(); proceed.wait() }
             }
         }
-        let release = Thread { try? disk.release(commit: true) }
+        let released = DispatchSemaphore(value: 0)
+        let release = Thread { try? disk.release(commit: true); released.signal() }
         release.start()
         merging.wait()
         // Blocks 100.. are not in the overlay: a merging overlay sends them to the base.
@@ -103,7 +104,8 @@ struct FailureRollbackTests {
             #expect(synced.withLock { $0 }.contains(true), "\(label) during a merge did not make the base durable (synced: \(synced.withLock { $0 }))")
         }
         proceed.signal()
-        while disk.hasCheckpoint { usleep(1000) }
+        released.wait()
+        #expect(!disk.hasCheckpoint)
     }
 
     /// Item 9: the filter stopping (SIGTERM: `close`) during a release stops the merge first;
@@ -128,6 +130,7 @@ struct FailureRollbackTests {
             $0.beforeMergeBatch = {
                 // Let one batch land, then let the close in while the merge goes on.
                 if batches.add(1, ordering: .relaxed).newValue == 2 { inMerge.signal() }
+                // The point: a slow merge, so the close lands while it goes on.
                 usleep(2000)
             }
         }
@@ -166,6 +169,7 @@ struct FailureRollbackTests {
         disk.hooks.withLock {
             $0.beforeMergeBatch = {
                 if first.exchange(false, ordering: .relaxed) { inMerge.signal() }
+                // The point: a slow merge, so the checkpoint arrives while it runs.
                 usleep(5000)
             }
         }

@@ -94,45 +94,16 @@ struct IncompleteWriteTests {
             t.join()
         """#
 
-    /// The attack script as a child process, its stdout read line by line.
-    final class Attack {
-        let process = Process()
-        private let input = Pipe(), output = Pipe()
-        private let reader: LineReader
-        var lines: [String] { reader.lines }
+    /// The attack script as a child process; its lines are read as they come, and a line on
+    /// its stdin lets every client send its last byte (`finish` mode).
+    static func attack(scriptPath: String, socket: String, export: String, mode: String) throws -> ChildProcess {
+        try ChildProcess("/usr/bin/python3", [scriptPath, socket, export, "\(attackers)", "\(writeSize)", mode],
+                         input: .pipe, mergeOutput: true)
+    }
 
-        init(scriptPath: String, socket: String, export: String, mode: String) throws {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-            process.arguments = [scriptPath, socket, export, "\(IncompleteWriteTests.attackers)",
-                                 "\(IncompleteWriteTests.writeSize)", mode]
-            process.standardInput = input
-            process.standardOutput = output
-            process.standardError = output
-            reader = LineReader(output.fileHandleForReading)
-            try process.run()
-        }
-
-        /// Reads until `count` lines start with `prefix`; false if the script ended first.
-        func wait(count: Int, prefix: String) -> Bool {
-            reader.wait { lines in lines.filter { $0.hasPrefix(prefix) }.count >= count }
-        }
-
-        /// Lets every client send its last byte.
-        func release() { input.fileHandleForWriting.write(Data("go\n".utf8)) }
-
-        /// Reads to the end and waits for the script to exit.
-        func finish() -> [String] {
-            _ = wait(count: Int.max, prefix: "")
-            process.waitUntilExit()
-            return lines
-        }
-
-        deinit {
-            if process.isRunning {
-                Glibc.kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
+    /// Reads until `count` lines of `attack` start with `prefix`; false if the script ended first.
+    static func wait(_ attack: ChildProcess, count: Int, prefix: String) -> Bool {
+        attack.waitForLines(timeout: 900) { lines in lines.filter { $0.hasPrefix(prefix) }.count >= count }
     }
 
     /// A field of /proc/PID/status in bytes (VmRSS, VmHWM).
@@ -142,7 +113,7 @@ struct IncompleteWriteTests {
             let parts = line.split(separator: " ", omittingEmptySubsequences: true)
             if parts.count >= 2, let kb = Int(parts[1]) { return kb * 1024 }
         }
-        throw HarnessFailure(description: "no \(field) in /proc/\(pid)/status")
+        throw CommandError(description: "no \(field) in /proc/\(pid)/status")
     }
 
     /// Every byte of `[offset, offset + length)` in the file equals `value`.
@@ -168,40 +139,31 @@ struct IncompleteWriteTests {
     func slowWritersStayWithinTheBudgetAndLandIntact() throws {
         let dir = try TemporaryDirectory("incomplete-finish")
         let disk = dir.file("disk.raw")
-        _ = try makeDisk(disk, size: Self.diskSize)
+        try DiskModel.create(at: disk, size: Self.diskSize)
         try Data(Self.script.utf8).write(to: URL(fileURLWithPath: dir.file("attack.py")))
         let filter = FilterProcess(directory: dir, diskPath: disk)
         try withFilter(filter) { filter in
-            let pid = try #require(filter.process?.processIdentifier)
+            let pid = filter.pid
             let baseline = try Self.memory(pid, "VmRSS")
-            let attack = try Attack(scriptPath: dir.file("attack.py"), socket: filter.socketPath, export: "d0", mode: "finish")
-            #expect(attack.wait(count: Self.budget / Self.writeSize, prefix: "sent"), "\(attack.lines)")
+            let attack = try Self.attack(scriptPath: dir.file("attack.py"), socket: filter.socketPath, export: "d0", mode: "finish")
+            #expect(Self.wait(attack, count: Self.budget / Self.writeSize, prefix: "sent"), "\(attack.lines)")
 
             // An honest client arrives while the budget is held by incomplete writes.
-            let honestLog = dir.file("honest.log")
-            _ = FileManager.default.createFile(atPath: honestLog, contents: nil)
-            let honest = Process()
-            honest.executableURL = URL(fileURLWithPath: try #require(ExternalTool.path("qemu-io")))
-            honest.arguments = ["-f", "raw", "-c", "write -P 0xee \(Self.honestOffset) 1M",
-                                "-c", "read -P 0xee \(Self.honestOffset) 1M", filter.uri]
-            let log = try FileHandle(forWritingTo: URL(fileURLWithPath: honestLog))
-            honest.standardOutput = log
-            honest.standardError = log
-            try honest.run()
+            let honest = try ChildProcess("qemu-io", ["-f", "raw", "-c", "write -P 0xee \(Self.honestOffset) 1M",
+                                                      "-c", "read -P 0xee \(Self.honestOffset) 1M", filter.uri], mergeOutput: true)
 
-            attack.release()
-            let lines = attack.finish()
+            attack.write(Data("go\n".utf8))
+            let lines = attack.wait(timeout: 900).result.stdout.split(separator: "\n").map(String.init)
             let done = lines.filter { $0.hasPrefix("done") }
             #expect(done.count == Self.attackers && done.allSatisfy { $0.hasSuffix(" 0") }, "\(lines)")
-            honest.waitUntilExit()
-            let honestOut = (try? String(contentsOfFile: honestLog, encoding: .utf8)) ?? ""
-            #expect(honest.terminationStatus == 0 && !honestOut.contains("failed"), "\(honestOut)")
+            let honestRun = honest.wait(timeout: 900).result
+            #expect(honestRun.status == 0 && !honestRun.stdout.contains("failed"), "\(honestRun.stdout)")
 
             let peak = try Self.memory(pid, "VmHWM")
             print("incomplete writes (finish): baseline RSS \(Self.megabytes(baseline)), peak \(Self.megabytes(peak)), growth \(Self.megabytes(peak - baseline))")
             #expect(peak - baseline <= Self.budget + Self.margin,
                     "the filter grew by \(Self.megabytes(peak - baseline)) (baseline \(Self.megabytes(baseline))); the budget is \(Self.megabytes(Self.budget)) + \(Self.megabytes(Self.margin)) margin")
-            #expect(try filter.stop() == 0)
+            filter.stop()
         }
         for i in 0..<Self.attackers {
             #expect(try Self.holds(disk, offset: i * Self.writeSize, length: Self.writeSize, value: UInt8(i + 1)),
@@ -217,14 +179,14 @@ struct IncompleteWriteTests {
     func stalledWritersAreCutOffAndAnHonestClientGetsThrough() throws {
         let dir = try TemporaryDirectory("incomplete-hold")
         let disk = dir.file("disk.raw")
-        _ = try makeDisk(disk, size: Self.diskSize)
+        try DiskModel.create(at: disk, size: Self.diskSize)
         try Data(Self.script.utf8).write(to: URL(fileURLWithPath: dir.file("attack.py")))
         let filter = FilterProcess(directory: dir, diskPath: disk, extraArguments: ["--payload-stall-timeout", "2"])
         try withFilter(filter) { filter in
-            let pid = try #require(filter.process?.processIdentifier)
+            let pid = filter.pid
             let baseline = try Self.memory(pid, "VmRSS")
-            let attack = try Attack(scriptPath: dir.file("attack.py"), socket: filter.socketPath, export: "d0", mode: "hold")
-            #expect(attack.wait(count: Self.budget / Self.writeSize, prefix: "sent"), "\(attack.lines)")
+            let attack = try Self.attack(scriptPath: dir.file("attack.py"), socket: filter.socketPath, export: "d0", mode: "hold")
+            #expect(Self.wait(attack, count: Self.budget / Self.writeSize, prefix: "sent"), "\(attack.lines)")
 
             let out = try run("qemu-io", ["-f", "raw", "-c", "write -P 0xee \(Self.honestOffset) 1M",
                                           "-c", "read -P 0xee \(Self.honestOffset) 1M", filter.uri])
@@ -235,8 +197,8 @@ struct IncompleteWriteTests {
             #expect(peak - baseline <= Self.budget + Self.margin,
                     "the filter grew by \(Self.megabytes(peak - baseline)); the budget is \(Self.megabytes(Self.budget)) + \(Self.megabytes(Self.margin)) margin")
             #expect(filter.log.contains("stalled"), "no stalled connection was closed: \(filter.log)")
-            #expect(try filter.stop() == 0)
-            _ = attack.finish()
+            filter.stop()
+            _ = attack.wait(timeout: 900)
         }
         for i in 0..<Self.attackers {
             #expect(try Self.holds(disk, offset: i * Self.writeSize, length: Self.writeSize, value: 0),

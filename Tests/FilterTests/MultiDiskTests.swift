@@ -26,7 +26,7 @@ struct MultiDiskTests {
                 bind(fd, p, len) == 0 && getsockname(fd, p, &len) == 0
             }
         }
-        guard bound else { throw HarnessFailure(description: "cannot find a free loopback port") }
+        guard bound else { throw CommandError(description: "cannot find a free loopback port") }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
@@ -34,8 +34,8 @@ struct MultiDiskTests {
     func twoDisksOverUnixAndTCPAreTrackedApart() throws {
         let dir = try TemporaryDirectory("filter-multi")
         let size: UInt64 = 8 << 20
-        var modelA = try makeDisk(dir.file("a.raw"), size: size, seed: 1)
-        var modelB = try makeDisk(dir.file("b.raw"), size: size, seed: 2)
+        var modelA = try DiskModel.create(at: dir.file("a.raw"), size: size, seed: 1)
+        var modelB = try DiskModel.create(at: dir.file("b.raw"), size: size, seed: 2)
         let port = try Self.freePort()
         let filter = FilterProcess(directory: dir, diskName: "a", diskPath: dir.file("a.raw"),
                                    extraArguments: ["--disk", "b=\(dir.file("b.raw"))", "--tcp", "127.0.0.1:\(port)"])
@@ -70,7 +70,7 @@ struct MultiDiskTests {
     func twoReleasesAtOnceMergeOnceAndLoseNothing() throws {
         let dir = try TemporaryDirectory("filter-busy")
         let size: UInt64 = 64 << 20
-        var model = try makeDisk(dir.file("d.raw"), size: size, seed: 3)
+        var model = try DiskModel.create(at: dir.file("d.raw"), size: size, seed: 3)
         let filter = FilterProcess(directory: dir, diskPath: dir.file("d.raw"))
         try withFilter(filter) { f in
             let start = try f.status().changeID
@@ -96,7 +96,7 @@ struct MultiDiskTests {
                 #expect(r.stderr.contains("already running") || r.stderr.contains("no open checkpoint"), "\(r.stderr)")
             }
             #expect(try f.status().checkpoint == nil)
-            let changes = try f.cliChanges(since: start)
+            let changes = try f.changes(since: start)
             #expect(changes.reduce(0) { $0 + $1.length } == 48 * 5 * 65536, "48 writes of 256 KiB at 4 KiB past a boundary touch 5 blocks each")
         }
         let same = try fileBytes(dir.file("d.raw")) == model.bytes

@@ -7,73 +7,6 @@ import TrackerControl
 import Glibc
 #endif
 
-/// A `tessera` server child (`filter serve` or `serve`) whose start can fail: its stdout is
-/// read until the line saying it serves (ready) or until it ends (the process exited).
-final class ServerChild: @unchecked Sendable {
-    let process = Process()
-    let logPath: String
-    private let stdout = Pipe()
-    private let reader: LineReader
-    var lines: [String] { reader.lines }
-
-    /// - Parameter umask: runs the binary under this umask (through `sh -c 'umask …; exec …'`).
-    init(_ arguments: [String], log: String, umask: String? = nil) throws {
-        logPath = log
-        if let umask {
-            process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "umask \(umask) && exec \"$0\" \"$@\"", Tessera.binary] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: Tessera.binary)
-            process.arguments = arguments
-        }
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        process.standardOutput = stdout
-        reader = LineReader(stdout.fileHandleForReading)
-        process.standardError = logHandle
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        try? logHandle.close()
-    }
-
-    /// Reads stdout until a line containing `marker`: true then; false when stdout ended
-    /// first (the server exited).
-    func wait(for marker: String) -> Bool {
-        reader.wait { lines in lines.contains { $0.contains(marker) } }
-    }
-
-    /// The first `nbd://HOST:PORT/...` URI the server printed.
-    var tcpURI: String? {
-        for line in lines {
-            if let r = line.range(of: "nbd://") { return String(line[r.lowerBound...]).components(separatedBy: " ")[0] }
-        }
-        return nil
-    }
-
-    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
-
-    /// Waits for the exit of a server that is expected to refuse to start.
-    func exitStatus() -> Int32 {
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    /// SIGTERM and wait; returns the exit status.
-    @discardableResult
-    func stop() -> Int32 {
-        if process.isRunning { Glibc.kill(process.processIdentifier, SIGTERM) }
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    deinit {
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-    }
-}
-
 /// Items 12 and 13 end to end: the servers never take over a live socket, their socket
 /// files are owner-only under any umask, other users are refused on both sockets, and TCP
 /// stays on loopback unless remote clients are allowed.
@@ -81,11 +14,27 @@ final class ServerChild: @unchecked Sendable {
 struct SocketTrustTests {
     static let ready = "control endpoint"
 
+    /// A `tessera` server (`filter serve` or `serve`) whose start can fail: a test waits for
+    /// the line saying it serves, or for its exit.
+    /// - Parameter umask: runs the binary under this umask (through `sh -c 'umask …; exec …'`).
+    static func server(_ arguments: [String], umask: String? = nil) throws -> ChildProcess {
+        guard let umask else { return try ChildProcess(tessera: arguments) }
+        return try ChildProcess("/bin/sh", ["-c", "umask \(umask) && exec \"$0\" \"$@\"", Tessera.binary] + arguments)
+    }
+
+    /// The first `nbd://HOST:PORT/...` URI a server printed.
+    static func tcpURI(_ server: ChildProcess) -> String? {
+        for line in server.lines {
+            if let r = line.range(of: "nbd://") { return String(line[r.lowerBound...]).components(separatedBy: " ")[0] }
+        }
+        return nil
+    }
+
     /// `filter serve` arguments for one disk `name` (a fresh 1 MiB file) in `dir`.
     static func filterArguments(_ dir: TemporaryDirectory, name: String, socket: String? = nil, control: String? = nil,
                                 extra: [String] = []) throws -> [String] {
         let disk = dir.file("\(name).raw")
-        if !FileManager.default.fileExists(atPath: disk) { _ = try makeDisk(disk, size: 1 << 20) }
+        if !FileManager.default.fileExists(atPath: disk) { try DiskModel.create(at: disk, size: 1 << 20) }
         return ["filter", "serve", "--disk", "\(name)=\(disk)", "--socket", socket ?? dir.file("\(name).sock"),
                 "--control", control ?? dir.file("\(name).ctl"), "--state-dir", dir.file("\(name).state")] + extra
     }
@@ -94,7 +43,7 @@ struct SocketTrustTests {
     static func snapshot(in dir: TemporaryDirectory) throws -> (String, String) {
         let repo = dir.file("repo"), source = dir.file("source.raw")
         try Tessera.ok(["init", "--repo", repo])
-        _ = try makeDisk(source, size: 1 << 20, seed: 5)
+        try DiskModel.create(at: source, size: 1 << 20, seed: 5)
         return (repo, try Tessera.backup(repo: repo, source: source))
     }
 
@@ -109,34 +58,32 @@ struct SocketTrustTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func filterServeRefusesTheSocketsOfALiveFilter() throws {
         let dir = try TemporaryDirectory("trust-theft")
-        let first = try ServerChild(try Self.filterArguments(dir, name: "first"), log: dir.file("first.log"))
-        #expect(first.wait(for: Self.ready), "the first filter did not start: \(first.log)")
+        let first = try Self.server(try Self.filterArguments(dir, name: "first"))
+        #expect(first.waitForLine(containing: Self.ready), "the first filter did not start: \(first.stderr)")
 
         // Same NBD socket, own control socket.
-        let second = try ServerChild(try Self.filterArguments(dir, name: "second", socket: dir.file("first.sock")),
-                                     log: dir.file("second.log"))
-        if second.wait(for: Self.ready) {
+        let second = try Self.server(try Self.filterArguments(dir, name: "second", socket: dir.file("first.sock")))
+        if second.waitForLine(containing: Self.ready) {
             Issue.record("a second filter started on the live NBD socket of the first")
-            second.stop()
+            second.terminate()
         } else {
-            #expect(second.exitStatus() != 0)
-            #expect(second.log.contains("in use"), "\(second.log)")
+            #expect(second.wait().result.status != 0)
+            #expect(second.stderr.contains("in use"), "\(second.stderr)")
         }
         // Same control socket, own NBD socket.
-        let third = try ServerChild(try Self.filterArguments(dir, name: "third", control: dir.file("first.ctl")),
-                                    log: dir.file("third.log"))
-        if third.wait(for: Self.ready) {
+        let third = try Self.server(try Self.filterArguments(dir, name: "third", control: dir.file("first.ctl")))
+        if third.waitForLine(containing: Self.ready) {
             Issue.record("a third filter started on the live control socket of the first")
-            third.stop()
+            third.terminate()
         } else {
-            #expect(third.exitStatus() != 0)
-            #expect(third.log.contains("in use"), "\(third.log)")
+            #expect(third.wait().result.status != 0)
+            #expect(third.stderr.contains("in use"), "\(third.stderr)")
         }
         // The first still answers on both.
         let list = try run("nbdinfo", ["--list", "nbd+unix:///?socket=\(dir.file("first.sock"))"])
         #expect(list.contains("first") && !list.contains("second"), "\(list)")
         #expect(try ControlClient(path: dir.file("first.ctl")).status(disk: "first").count == 1)
-        #expect(first.stop() == 0)
+        #expect(first.terminate() == 0)
     }
 
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
@@ -144,21 +91,19 @@ struct SocketTrustTests {
         let dir = try TemporaryDirectory("trust-serve-theft")
         let (repo, snapshot) = try Self.snapshot(in: dir)
         let socket = dir.file("serve.sock")
-        let first = try ServerChild(["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "first"],
-                                    log: dir.file("first.log"))
-        #expect(first.wait(for: "serving snapshot"), "\(first.log)")
-        let second = try ServerChild(["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "second"],
-                                     log: dir.file("second.log"))
-        if second.wait(for: "serving snapshot") {
+        let first = try Self.server(["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "first"])
+        #expect(first.waitForLine(containing: "serving snapshot"), "\(first.stderr)")
+        let second = try Self.server(["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "second"])
+        if second.waitForLine(containing: "serving snapshot") {
             Issue.record("a second `tessera serve` started on the live socket of the first")
-            second.stop()
+            second.terminate()
         } else {
-            #expect(second.exitStatus() != 0)
-            #expect(second.log.contains("in use"), "\(second.log)")
+            #expect(second.wait().result.status != 0)
+            #expect(second.stderr.contains("in use"), "\(second.stderr)")
         }
         let list = try run("nbdinfo", ["--list", "nbd+unix:///?socket=\(socket)"])
         #expect(list.contains("first") && !list.contains("second"), "\(list)")
-        #expect(first.stop() == 0)
+        #expect(first.terminate() == 0)
     }
 
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
@@ -166,27 +111,26 @@ struct SocketTrustTests {
         let dir = try TemporaryDirectory("trust-stale")
         try makeStaleSocket(dir.file("d0.sock"))
         try makeStaleSocket(dir.file("d0.ctl"))
-        let filter = try ServerChild(try Self.filterArguments(dir, name: "d0"), log: dir.file("d0.log"))
-        #expect(filter.wait(for: Self.ready), "\(filter.log)")
+        let filter = try Self.server(try Self.filterArguments(dir, name: "d0"))
+        #expect(filter.waitForLine(containing: Self.ready), "\(filter.stderr)")
         #expect(try run("nbdinfo", ["--size", "nbd+unix:///d0?socket=\(dir.file("d0.sock"))"]).contains("1048576"))
-        #expect(filter.stop() == 0)
+        #expect(filter.terminate() == 0)
 
         let (repo, snapshot) = try Self.snapshot(in: dir)
         try makeStaleSocket(dir.file("serve.sock"))
-        let serve = try ServerChild(["serve", "--repo", repo, snapshot, "--socket", dir.file("serve.sock"), "--name", "s"],
-                                    log: dir.file("serve.log"))
-        #expect(serve.wait(for: "serving snapshot"), "\(serve.log)")
+        let serve = try Self.server(["serve", "--repo", repo, snapshot, "--socket", dir.file("serve.sock"), "--name", "s"])
+        #expect(serve.waitForLine(containing: "serving snapshot"), "\(serve.stderr)")
         #expect(try run("nbdinfo", ["--size", "nbd+unix:///s?socket=\(dir.file("serve.sock"))"]).contains("1048576"))
-        #expect(serve.stop() == 0)
+        #expect(serve.terminate() == 0)
     }
 
     @Test func aFileThatIsNotASocketIsKept() throws {
         let dir = try TemporaryDirectory("trust-notsock")
         try Data("keep me".utf8).write(to: URL(fileURLWithPath: dir.file("d0.sock")))
-        let filter = try ServerChild(try Self.filterArguments(dir, name: "d0"), log: dir.file("d0.log"))
-        #expect(!filter.wait(for: Self.ready))
-        #expect(filter.exitStatus() != 0)
-        #expect(filter.log.contains("not a socket"), "\(filter.log)")
+        let filter = try Self.server(try Self.filterArguments(dir, name: "d0"))
+        #expect(!filter.waitForLine(containing: Self.ready))
+        #expect(filter.wait().result.status != 0)
+        #expect(filter.stderr.contains("not a socket"), "\(filter.stderr)")
         #expect(try String(contentsOfFile: dir.file("d0.sock"), encoding: .utf8) == "keep me")
     }
 
@@ -194,19 +138,18 @@ struct SocketTrustTests {
 
     @Test func socketFilesAreOwnerOnlyUnderUmask000() throws {
         let dir = try TemporaryDirectory("trust-umask")
-        let filter = try ServerChild(try Self.filterArguments(dir, name: "d0"), log: dir.file("d0.log"), umask: "000")
-        #expect(filter.wait(for: Self.ready), "\(filter.log)")
+        let filter = try Self.server(try Self.filterArguments(dir, name: "d0"), umask: "000")
+        #expect(filter.waitForLine(containing: Self.ready), "\(filter.stderr)")
         #expect(Self.mode(dir.file("d0.sock")) == 0o600, "NBD socket mode \(String(Self.mode(dir.file("d0.sock")) ?? 0, radix: 8))")
         #expect(Self.mode(dir.file("d0.ctl")) == 0o600, "control socket mode \(String(Self.mode(dir.file("d0.ctl")) ?? 0, radix: 8))")
-        #expect(filter.stop() == 0)
+        #expect(filter.terminate() == 0)
 
         let (repo, snapshot) = try Self.snapshot(in: dir)
-        let serve = try ServerChild(["serve", "--repo", repo, snapshot, "--socket", dir.file("serve.sock")],
-                                    log: dir.file("serve.log"), umask: "000")
-        #expect(serve.wait(for: "serving snapshot"), "\(serve.log)")
+        let serve = try Self.server(["serve", "--repo", repo, snapshot, "--socket", dir.file("serve.sock")], umask: "000")
+        #expect(serve.waitForLine(containing: "serving snapshot"), "\(serve.stderr)")
         #expect(Self.mode(dir.file("serve.sock")) == 0o600,
                 "serve socket mode \(String(Self.mode(dir.file("serve.sock")) ?? 0, radix: 8))")
-        #expect(serve.stop() == 0)
+        #expect(serve.terminate() == 0)
     }
 
     /// Both sockets opened up to everyone (as an admin's chmod would): uid 65534 is still
@@ -214,8 +157,8 @@ struct SocketTrustTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo", "setpriv") && getuid() == 0))
     func anotherUserIsRefusedOnBothSockets() throws {
         let dir = try TemporaryDirectory("trust-peercred")
-        let filter = try ServerChild(try Self.filterArguments(dir, name: "d0"), log: dir.file("d0.log"))
-        #expect(filter.wait(for: Self.ready), "\(filter.log)")
+        let filter = try Self.server(try Self.filterArguments(dir, name: "d0"))
+        #expect(filter.waitForLine(containing: Self.ready), "\(filter.stderr)")
         #expect(chmod(dir.path, 0o711) == 0)
         #expect(chmod(dir.file("d0.sock"), 0o666) == 0)
         #expect(chmod(dir.file("d0.ctl"), 0o666) == 0)
@@ -242,58 +185,48 @@ struct SocketTrustTests {
 
         #expect(try run("nbdinfo", ["--size", uri]).contains("1048576"))
         #expect(try ControlClient(path: dir.file("d0.ctl")).status(disk: "d0").count == 1)
-        #expect(filter.stop() == 0)
-        let refusals = filter.log.components(separatedBy: "\n").filter { $0.contains("refused") && $0.contains("65534") }
-        #expect(refusals.count >= 2, "one refusal per socket in the log: \(filter.log)")
+        #expect(filter.terminate() == 0)
+        let refusals = filter.stderr.components(separatedBy: "\n").filter { $0.contains("refused") && $0.contains("65534") }
+        #expect(refusals.count >= 2, "one refusal per socket in the log: \(filter.stderr)")
     }
 
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func tcpStaysOnLoopbackUnlessRemoteClientsAreAllowed() throws {
         let dir = try TemporaryDirectory("trust-tcp")
         // Refused, with the way out in the message.
-        let open = try ServerChild(try Self.filterArguments(dir, name: "d0", extra: ["--tcp", "0.0.0.0:0"]), log: dir.file("open.log"))
-        if open.wait(for: Self.ready) {
+        let open = try Self.server(try Self.filterArguments(dir, name: "d0", extra: ["--tcp", "0.0.0.0:0"]))
+        if open.waitForLine(containing: Self.ready) {
             Issue.record("filter serve listened on 0.0.0.0 without --tcp-allow-remote")
-            open.stop()
+            open.terminate()
         } else {
-            #expect(open.exitStatus() != 0)
-            #expect(open.log.contains("--tcp-allow-remote"), "\(open.log)")
+            #expect(open.wait().result.status != 0)
+            #expect(open.stderr.contains("--tcp-allow-remote"), "\(open.stderr)")
         }
         // Allowed explicitly; loopback (v4 and v6) without asking. Each is reachable on the port it printed.
         for (name, extra) in [("d1", ["--tcp", "0.0.0.0:0", "--tcp-allow-remote"]), ("d2", ["--tcp", "127.0.0.1:0"]),
                               ("d3", ["--tcp", "[::1]:0"])] {
-            let filter = try ServerChild(try Self.filterArguments(dir, name: name, extra: extra), log: dir.file("\(name).log"))
-            #expect(filter.wait(for: Self.ready), "\(extra): \(filter.log)")
-            let uri = try #require(filter.tcpURI, "\(extra): no nbd:// URI printed: \(filter.lines)")
+            let filter = try Self.server(try Self.filterArguments(dir, name: name, extra: extra))
+            #expect(filter.waitForLine(containing: Self.ready), "\(extra): \(filter.stderr)")
+            let uri = try #require(Self.tcpURI(filter), "\(extra): no nbd:// URI printed: \(filter.lines)")
             #expect(try run("nbdinfo", ["--size", uri.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")]).contains("1048576"))
-            #expect(filter.stop() == 0)
+            #expect(filter.terminate() == 0)
         }
 
         let (repo, snapshot) = try Self.snapshot(in: dir)
         let serveArgs = ["serve", "--repo", repo, snapshot, "--socket", dir.file("serve.sock"), "--name", "s"]
-        let serveOpen = try ServerChild(serveArgs + ["--tcp", "0.0.0.0:0"], log: dir.file("serve-open.log"))
-        if serveOpen.wait(for: "serving snapshot") {
+        let serveOpen = try Self.server(serveArgs + ["--tcp", "0.0.0.0:0"])
+        if serveOpen.waitForLine(containing: "serving snapshot") {
             Issue.record("serve listened on 0.0.0.0 without --tcp-allow-remote")
-            serveOpen.stop()
+            serveOpen.terminate()
         } else {
-            #expect(serveOpen.exitStatus() != 0)
-            #expect(serveOpen.log.contains("--tcp-allow-remote"), "\(serveOpen.log)")
+            #expect(serveOpen.wait().result.status != 0)
+            #expect(serveOpen.stderr.contains("--tcp-allow-remote"), "\(serveOpen.stderr)")
         }
-        let serve = try ServerChild(serveArgs + ["--tcp", "0.0.0.0:0", "--tcp-allow-remote"], log: dir.file("serve.log"))
-        #expect(serve.wait(for: "serving snapshot"), "\(serve.log)")
-        _ = serve.wait(for: "nbd://")
-        let uri = try #require(serve.tcpURI, "no nbd:// URI printed: \(serve.lines)")
+        let serve = try Self.server(serveArgs + ["--tcp", "0.0.0.0:0", "--tcp-allow-remote"])
+        #expect(serve.waitForLine(containing: "serving snapshot"), "\(serve.stderr)")
+        _ = serve.waitForLine(containing: "nbd://")
+        let uri = try #require(Self.tcpURI(serve), "no nbd:// URI printed: \(serve.lines)")
         #expect(try run("nbdinfo", ["--size", uri.replacingOccurrences(of: "0.0.0.0", with: "127.0.0.1")]).contains("1048576"))
-        #expect(serve.stop() == 0)
-    }
-}
-
-/// Leaves a socket file nobody listens on: a process binds and listens, then is SIGKILLed.
-func makeStaleSocket(_ path: String) throws {
-    let script = "import os, socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(1)\nos.kill(os.getpid(), 9)\n"
-    let r = try runCommand("/usr/bin/python3", ["-c", script, path])
-    var st = stat()
-    guard r.status != 0, lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
-        throw HarnessFailure(description: "could not leave a stale socket at \(path): \(r.status) \(r.stderr)")
+        #expect(serve.terminate() == 0)
     }
 }

@@ -31,11 +31,11 @@ final class RawConnection {
         while true {
             var h = ByteBuffer(bytes: try receive(20))
             guard let (_, _, type, length) = h.readMultipleIntegers(as: (UInt64, UInt32, UInt32, UInt32).self) else {
-                throw ToolFailure(description: "short option reply")
+                throw CommandError(description: "short option reply")
             }
             _ = try receive(Int(length))
             if type == 1 { return }
-            if type & 0x8000_0000 != 0 { throw ToolFailure(description: "GO refused: \(type)") }
+            if type & 0x8000_0000 != 0 { throw CommandError(description: "GO refused: \(type)") }
         }
     }
 
@@ -43,7 +43,7 @@ final class RawConnection {
     func simpleReply() throws -> (error: UInt32, cookie: UInt64) {
         var b = ByteBuffer(bytes: try receive(16))
         guard let (magic, error, cookie) = b.readMultipleIntegers(as: (UInt32, UInt32, UInt64).self), magic == 0x6744_6698 else {
-            throw ToolFailure(description: "not a simple reply")
+            throw CommandError(description: "not a simple reply")
         }
         return (error, cookie)
     }
@@ -76,7 +76,7 @@ struct NBDBadInputTests {
 
     private func withDisk(_ label: String, _ body: (TestServer) async throws -> Void) async throws {
         let dir = try TemporaryDirectory(label)
-        try makeImage(dir.file("disk.raw"), size: 4 << 20)
+        try DiskModel.create(at: dir.file("disk.raw"), size: 4 << 20)
         try await withServer([try FileExport(path: dir.file("disk.raw"), name: "disk")], in: dir, body)
     }
 
@@ -237,7 +237,7 @@ struct NBDConcurrencyTests {
     @Test func severalConnectionsWriteAtOnceAndEveryByteLands() async throws {
         let dir = try TemporaryDirectory("nbd-multi")
         let size: UInt64 = 16 << 20
-        try makeImage(dir.file("disk.raw"), size: size)
+        try DiskModel.create(at: dir.file("disk.raw"), size: size)
         let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
         let expected = try await withServer([export], in: dir) { server -> [UInt8] in
             let uri = try NBDURI(parsing: server.uri("disk"))
@@ -264,11 +264,10 @@ struct NBDConcurrencyTests {
             for offset in stride(from: UInt64(0), to: size, by: 4 << 20) { all += try check.read(offset: offset, length: 4 << 20) }
             return all
         }
-        for b in 0..<Int(size >> 16) {
-            let want = UInt8(truncatingIfNeeded: b &* 7 &+ 1)
-            #expect(expected[(b << 16)..<((b + 1) << 16)].allSatisfy { $0 == want }, "block \(b)")
-        }
-        #expect(try DurableFile.read(dir.file("disk.raw")) == expected)
+        var model = DiskModel(size: Int(size))
+        for b in 0..<Int(size >> 16) { model.fill(UInt8(truncatingIfNeeded: b &* 7 &+ 1), at: UInt64(b) << 16, length: 65536) }
+        expectSame(expected, model.bytes, "the disk read back through NBD")
+        expectSame(try fileBytes(dir.file("disk.raw")), model.bytes, "the file")
     }
 
     @Test func aClientThatNeverFinishesTheHandshakeIsClosed() async throws {
@@ -316,11 +315,9 @@ struct NBDConcurrencyTests {
         try c.send(ClientMessage.request(type: 0, cookie: 1, offset: 0, length: 16))
         export.started.wait()
         async let stopped: Void = server.stop()
-        // Once the listener is gone, shutdown is under way while the read is still blocked.
-        while let probe = try? NBDSocket.connect(.unix(path: server.socketPath)) {
-            probe.close()
-            try await Task.sleep(for: .milliseconds(5))
-        }
+        // Shutdown removes the socket file as it begins: then it is under way while the read
+        // is still blocked.
+        #expect(await FileWatch.waitInBackground(for: server.socketPath, toExist: false), "shutdown did not begin")
         export.gate.signal()
         // The blocked read still gets its successful reply before the connection closes.
         #expect(try c.simpleReply() == (0, 1))

@@ -19,16 +19,15 @@ struct NBDBenchmarkTests {
     @Test(.enabled(if: enabled))
     func writeAndReadThroughputAgainstQemuNbd() async throws {
         let dir = try TemporaryDirectory("nbd-bench")
-        try makeImage(dir.file("disk.raw"), size: 256 << 20)
+        try DiskModel.create(at: dir.file("disk.raw"), size: 256 << 20)
         var ours: (Double, Double) = (0, 0)
         try await withServer([try FileExport(path: dir.file("disk.raw"), name: "disk")], in: dir) { server in
             _ = try bench(server.uri("disk"), write: true) // warm-up: allocate the file
             ours = (try bench(server.uri("disk"), write: true), try bench(server.uri("disk"), write: false))
         }
         let qsock = dir.file("q.sock")
-        let q = try NBDClientTests.Background("qemu-nbd", ["-f", "raw", "-x", "disk", "-k", qsock, "-t", dir.file("disk.raw")])
-        defer { q.stop() }
-        try NBDClientTests.waitForSocket(qsock)
+        let q = try ChildProcess.qemuNBD(["-f", "raw", "-x", "disk", "-t", dir.file("disk.raw")], socket: qsock)
+        defer { q.kill() }
         let quri = "nbd+unix:///disk?socket=\(qsock)"
         let theirs = (try bench(quri, write: true), try bench(quri, write: false))
         print(String(format: "NBD bench (qemu-img bench, 64 KiB, depth 16, 256 MiB): tessera write %.0f MiB/s read %.0f MiB/s; qemu-nbd write %.0f MiB/s read %.0f MiB/s",

@@ -7,52 +7,6 @@ import TestSupport
 /// Our blocking client against qemu-nbd (the reference server) and against our own server.
 @Suite(.serialized)
 struct NBDClientTests {
-    /// Starts a program in the background and kills it (by PID) when done. posix_spawn and
-    /// waitpid rather than Foundation's Process, whose waitUntilExit can miss the child's exit.
-    final class Background {
-        let pid: pid_t
-        private var reaped = false
-
-        init(_ program: String, _ arguments: [String]) throws {
-            guard let path = ExternalTool.path(program) else {
-                throw ToolFailure(description: "\(program) is not installed: apt-get install \(ExternalTool.package(for: program))")
-            }
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-            let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
-            defer { for a in argv { free(a) } }
-            var child: pid_t = 0
-            let rc = posix_spawn(&child, path, &actions, nil, argv, environ)
-            guard rc == 0 else { throw ToolFailure(description: "cannot start \(program): error \(rc)") }
-            pid = child
-        }
-
-        func stop() {
-            guard !reaped else { return }
-            reaped = true
-            kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        }
-
-        deinit { stop() }
-    }
-
-    /// Waits until a Unix socket accepts connections (the server is up), or fails after many tries.
-    static func waitForSocket(_ path: String) throws {
-        for _ in 0..<500 {
-            if let s = try? NBDSocket.connect(.unix(path: path)) {
-                s.close()
-                return
-            }
-            usleep(20_000)
-        }
-        throw ToolFailure(description: "no NBD server appeared at \(path)")
-    }
-
     @Test(.enabled(if: ExternalTool.available("qemu-img", "qemu-io", "qemu-nbd")))
     func readsDirtyBitmapAndDataFromQemuNbd() throws {
         let dir = try TemporaryDirectory("nbd-qemu-nbd")
@@ -62,9 +16,9 @@ struct NBDClientTests {
         try run("qemu-io", ["-f", "qcow2", "-c", "write -P 0xab 1M 64k", "-c", "write -P 0xcd 10M 4k",
                             "-c", "write -P 0xef 20971620 10", "-c", "write -P 0x01 63M 1M", image])
         try run("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", image, dir.file("expected.raw")])
-        let server = try Background("qemu-nbd", ["-r", "-f", "qcow2", "-B", "b0", "-k", socket, "-t", image])
-        defer { server.stop() }
-        try Self.waitForSocket(socket)
+        let server = try ChildProcess.qemuNBD(["-r", "-f", "qcow2", "-B", "b0", "-t", image], socket: socket)
+        // A read-only export: SIGKILL is safe, and qemu-nbd -t may linger after SIGTERM.
+        defer { server.kill() }
 
         let client = try NBDClient.connect(NBDURI(parsing: "nbd+unix:///?socket=\(socket)"),
                                            metaContexts: ["qemu:dirty-bitmap:b0", "base:allocation", "x-none:thing"],
@@ -81,9 +35,9 @@ struct NBDClientTests {
         #expect(dirty == [ByteRange(offset: 1 << 20, length: 65536), ByteRange(offset: 10 << 20, length: 65536),
                                       ByteRange(offset: 20 << 20, length: 65536), ByteRange(offset: 63 << 20, length: 1 << 20)])
 
-        let expected = try DurableFile.read(dir.file("expected.raw"))
+        let expected = try fileBytes(dir.file("expected.raw"))
         // One call larger than qemu-nbd's 32 MiB maximum: the client splits it.
-        #expect(try client.read(offset: 0, length: 48 << 20) == Array(expected[0..<(48 << 20)]))
+        expectSame(try client.read(offset: 0, length: 48 << 20), expected[0..<(48 << 20)], "one read larger than qemu-nbd's maximum")
         var got = [UInt8](repeating: 0xFF, count: expected.count)
         let step = 4 << 20
         try got.withUnsafeMutableBytes { buffer in
@@ -92,23 +46,22 @@ struct NBDClientTests {
                                 into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<offset + step]))
             }
         }
-        #expect(got == expected)
+        expectSame(got, expected, "the export read in 4 MiB pieces")
     }
 
     @Test(.enabled(if: ExternalTool.available("qemu-img", "qemu-nbd")))
     func listsQemuNbdExports() throws {
         let dir = try TemporaryDirectory("nbd-qemu-list")
         try run("qemu-img", ["create", "-q", "-f", "raw", dir.file("d.raw"), "1M"])
-        let server = try Background("qemu-nbd", ["-r", "-f", "raw", "-x", "named", "-k", dir.file("q.sock"), "-t", dir.file("d.raw")])
-        defer { server.stop() }
-        try Self.waitForSocket(dir.file("q.sock"))
+        let server = try ChildProcess.qemuNBD(["-r", "-f", "raw", "-x", "named", "-t", dir.file("d.raw")], socket: dir.file("q.sock"))
+        defer { server.kill() }
         #expect(try NBDClient.listExports(NBDURI(endpoint: .unix(path: dir.file("q.sock")))) == ["named"])
         #expect(throws: NBDError.self) { try NBDClient.connect(NBDURI(endpoint: .unix(path: dir.file("q.sock")), exportName: "other")) }
     }
 
     @Test func roundTripAgainstOurServer() async throws {
         let dir = try TemporaryDirectory("nbd-client-own")
-        try makeImage(dir.file("d.raw"), size: 8 << 20)
+        try DiskModel.create(at: dir.file("d.raw"), size: 8 << 20)
         let export = BitmapFileExport(base: try FileExport(path: dir.file("d.raw"), name: "d"), bitmapName: "b",
                                       dirty: [ByteRange(offset: 65536, length: 65536)])
         let ro = MemoryExport(name: "ro", size: 4096, readOnly: true)

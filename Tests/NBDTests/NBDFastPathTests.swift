@@ -71,19 +71,19 @@ extension RawConnection {
     func anyReply(readLengths: [UInt64: Int]) throws -> (error: UInt32, cookie: UInt64, data: [UInt8]) {
         var h = ByteBuffer(bytes: try receive(16))
         guard let (magic, a, cookie) = h.readMultipleIntegers(as: (UInt32, UInt32, UInt64).self) else {
-            throw ToolFailure(description: "short reply")
+            throw CommandError(description: "short reply")
         }
         if magic == 0x6744_6698 {
             let length = a == 0 ? readLengths[cookie] ?? 0 : 0
             return (a, cookie, try receive(length))
         }
-        guard magic == 0x668E_33EF else { throw ToolFailure(description: "bad reply magic \(magic)") }
+        guard magic == 0x668E_33EF else { throw CommandError(description: "bad reply magic \(magic)") }
         // Structured: `a` is flags(16) type(16), then the cookie, then the payload length.
         let type = UInt16(truncatingIfNeeded: a)
         var lengthBuffer = ByteBuffer(bytes: try receive(4))
         let length = Int(lengthBuffer.readInteger(as: UInt32.self) ?? 0)
         var payload = ByteBuffer(bytes: try receive(length))
-        guard a >> 16 & 1 == 1 else { throw ToolFailure(description: "chunk without DONE") }
+        guard a >> 16 & 1 == 1 else { throw CommandError(description: "chunk without DONE") }
         if type == 1 {
             _ = payload.readInteger(as: UInt64.self)
             return (0, cookie, payload.readBytes(length: payload.readableBytes) ?? [])

@@ -10,8 +10,8 @@ struct NBDInteropTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func nbdinfoListShowsExportsAndContexts() async throws {
         let dir = try TemporaryDirectory("nbd-list")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
-        try makeImage(dir.file("b.raw"), size: 2 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("b.raw"), size: 2 << 20)
         let a = try FileExport(path: dir.file("a.raw"), name: "alpha", description: "first disk")
         let b = BitmapFileExport(base: try FileExport(path: dir.file("b.raw"), name: "beta"), bitmapName: "active", dirty: [])
         let out = try await withServer([a, b], in: dir) { server in try run("nbdinfo", ["--list", server.uri()]) }
@@ -26,7 +26,7 @@ struct NBDInteropTests {
     @Test(.enabled(if: ExternalTool.available("qemu-io")))
     func qemuIOWritesAndReadsPatterns() async throws {
         let dir = try TemporaryDirectory("nbd-qemu-io")
-        try makeImage(dir.file("disk.raw"), size: 16 << 20)
+        try DiskModel.create(at: dir.file("disk.raw"), size: 16 << 20)
         let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
         try await withServer([export], in: dir) { server in
             let uri = server.uri("disk")
@@ -40,10 +40,11 @@ struct NBDInteropTests {
             #expect(bad.stdout.contains("Pattern verification failed") || !bad.succeeded)
         }
         // Through the server and straight from the file, the bytes agree.
-        let bytes = try DurableFile.read(dir.file("disk.raw"))
-        #expect(bytes[(1 << 20)..<(1 << 20) + 65536].allSatisfy { $0 == 0xab })
-        #expect(bytes[5000..<8000].allSatisfy { $0 == 0xcd })
-        #expect(bytes[(8 << 20)..<(8 << 20) + 4096].allSatisfy { $0 == 0x11 })
+        var model = DiskModel(size: 16 << 20)
+        model.fill(0xab, at: 1 << 20, length: 65536)
+        model.fill(0xcd, at: 5000, length: 3000)
+        model.fill(0x11, at: 8 << 20, length: 4096)
+        expectSame(try fileBytes(dir.file("disk.raw")), model.bytes, "the file behind the export")
     }
 
     @Test(.enabled(if: ExternalTool.available("qemu-img")))
@@ -51,8 +52,11 @@ struct NBDInteropTests {
         let dir = try TemporaryDirectory("nbd-convert")
         var rng = SeededGenerator(seed: 7)
         let size: UInt64 = 8 << 20
-        try makeImage(dir.file("src.raw"), size: size, writes: [(0, rng.bytes(300_000)), (5 << 20, rng.bytes(1 << 20))])
-        try makeImage(dir.file("disk.raw"), size: size)
+        var src = DiskModel(size: Int(size))
+        src.randomize(at: 0, length: 300_000, using: &rng)
+        src.randomize(at: 5 << 20, length: 1 << 20, using: &rng)
+        try src.write(to: dir.file("src.raw"))
+        try DiskModel.create(at: dir.file("disk.raw"), size: size)
         let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
         try await withServer([export], in: dir) { server in
             // In: write the source image through NBD.
@@ -60,9 +64,8 @@ struct NBDInteropTests {
             // Out: read it back through NBD.
             try run("qemu-img", ["convert", "-f", "raw", "-O", "raw", server.uri("disk"), dir.file("out.raw")])
         }
-        let src = try DurableFile.read(dir.file("src.raw"))
-        #expect(try DurableFile.read(dir.file("disk.raw")) == src)
-        #expect(try DurableFile.read(dir.file("out.raw")) == src)
+        expectSame(try fileBytes(dir.file("disk.raw")), src.bytes, "the export written through NBD")
+        expectSame(try fileBytes(dir.file("out.raw")), src.bytes, "the copy read through NBD")
     }
 
     @Test(.enabled(if: ExternalTool.available("nbdcopy")))
@@ -70,22 +73,24 @@ struct NBDInteropTests {
         let dir = try TemporaryDirectory("nbd-nbdcopy")
         var rng = SeededGenerator(seed: 11)
         let size: UInt64 = 6 << 20
-        try makeImage(dir.file("src.raw"), size: size, writes: [(4096, rng.bytes(2 << 20)), (4 << 20, rng.bytes(777))])
-        try makeImage(dir.file("disk.raw"), size: size)
+        var src = DiskModel(size: Int(size))
+        src.randomize(at: 4096, length: 2 << 20, using: &rng)
+        src.randomize(at: 4 << 20, length: 777, using: &rng)
+        try src.write(to: dir.file("src.raw"))
+        try DiskModel.create(at: dir.file("disk.raw"), size: size)
         let export = try FileExport(path: dir.file("disk.raw"), name: "d")
         try await withServer([export], in: dir) { server in
             try run("nbdcopy", [dir.file("src.raw"), server.uri("d")])
             try run("nbdcopy", [server.uri("d"), dir.file("out.raw")])
         }
-        let src = try DurableFile.read(dir.file("src.raw"))
-        #expect(try DurableFile.read(dir.file("disk.raw")) == src)
-        #expect(try DurableFile.read(dir.file("out.raw")) == src)
+        expectSame(try fileBytes(dir.file("disk.raw")), src.bytes, "the export written through NBD")
+        expectSame(try fileBytes(dir.file("out.raw")), src.bytes, "the copy read through NBD")
     }
 
     @Test(.enabled(if: ExternalTool.available("nbdsh")))
     func nbdshScriptUsesStructuredRepliesAndBlockStatus() async throws {
         let dir = try TemporaryDirectory("nbd-nbdsh")
-        try makeImage(dir.file("disk.raw"), size: 4 << 20)
+        try DiskModel.create(at: dir.file("disk.raw"), size: 4 << 20)
         let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
         let script = #"""
         import nbd, sys
@@ -129,8 +134,10 @@ struct NBDInteropTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func nbdinfoMapShowsAllocation() async throws {
         let dir = try TemporaryDirectory("nbd-map")
-        try makeImage(dir.file("disk.raw"), size: 8 << 20,
-                      writes: [(1 << 20, [UInt8](repeating: 1, count: 65536)), (6 << 20, [UInt8](repeating: 2, count: 4096))])
+        var disk = DiskModel(size: 8 << 20)
+        disk.fill(1, at: 1 << 20, length: 65536)
+        disk.fill(2, at: 6 << 20, length: 4096)
+        try disk.write(to: dir.file("disk.raw"))
         let export = try FileExport(path: dir.file("disk.raw"), name: "disk")
         let truth = try export.file.dataRanges(in: ByteRange(offset: 0, length: 8 << 20))
         let out = try await withServer([export], in: dir) { server in try run("nbdinfo", ["--map", server.uri("disk")]) }
@@ -143,7 +150,7 @@ struct NBDInteropTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func nbdinfoMapShowsDirtyBitmap() async throws {
         let dir = try TemporaryDirectory("nbd-bitmap")
-        try makeImage(dir.file("disk.raw"), size: 64 << 20)
+        try DiskModel.create(at: dir.file("disk.raw"), size: 64 << 20)
         let dirty = [ByteRange(offset: 1 << 20, length: 65536), ByteRange(offset: 10 << 20, length: 3 * 65536),
                      ByteRange(offset: (64 << 20) - 65536, length: 65536)]
         let export = BitmapFileExport(base: try FileExport(path: dir.file("disk.raw"), name: ""), bitmapName: "b0", dirty: dirty)

@@ -22,8 +22,8 @@ struct NBDSocketTrustTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func aSecondServerOnALiveSocketIsRefusedAndTheFirstKeepsServing() async throws {
         let dir = try TemporaryDirectory("nbd-theft")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
-        try makeImage(dir.file("b.raw"), size: 2 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("b.raw"), size: 2 << 20)
         try await withServer([try FileExport(path: dir.file("a.raw"), name: "first")], in: dir) { first in
             let second = Self.quietServer([try FileExport(path: dir.file("b.raw"), name: "second")])
             let error = await #expect(throws: NBDError.self) { try await second.start(unixSocket: first.socketPath) }
@@ -39,7 +39,7 @@ struct NBDSocketTrustTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo")))
     func aStaleSocketOfAKilledProcessIsReplaced() async throws {
         let dir = try TemporaryDirectory("nbd-stale")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
         try makeStaleSocket(dir.file("nbd.sock"))
         try await withServer([try FileExport(path: dir.file("a.raw"), name: "disk")], in: dir) { server in
             let size = try run("nbdinfo", ["--size", server.uri("disk")])
@@ -49,7 +49,7 @@ struct NBDSocketTrustTests {
 
     @Test func aFileThatIsNotASocketIsNeverRemoved() async throws {
         let dir = try TemporaryDirectory("nbd-notsock")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
         let path = dir.file("nbd.sock")
         try Data("precious".utf8).write(to: URL(fileURLWithPath: path))
         let server = Self.quietServer([try FileExport(path: dir.file("a.raw"), name: "disk")])
@@ -61,7 +61,7 @@ struct NBDSocketTrustTests {
 
     @Test func theSocketFileIsForItsOwnerOnly() async throws {
         let dir = try TemporaryDirectory("nbd-mode")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
         try await withServer([try FileExport(path: dir.file("a.raw"), name: "disk")], in: dir) { server in
             var st = stat()
             #expect(lstat(server.socketPath, &st) == 0)
@@ -75,7 +75,7 @@ struct NBDSocketTrustTests {
     @Test(.enabled(if: ExternalTool.available("nbdinfo", "setpriv") && getuid() == 0))
     func anotherUserIsRefusedEvenWhenTheFileIsOpen() async throws {
         let dir = try TemporaryDirectory("nbd-peercred")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
         try await withServer([try FileExport(path: dir.file("a.raw"), name: "disk")], in: dir) { server in
             #expect(chmod(dir.path, 0o711) == 0)
             #expect(chmod(server.socketPath, 0o666) == 0)
@@ -88,7 +88,7 @@ struct NBDSocketTrustTests {
 
     @Test func tcpRefusesAnAddressOtherUsersOrHostsCouldReach() async throws {
         let dir = try TemporaryDirectory("nbd-tcp-any")
-        try makeImage(dir.file("a.raw"), size: 1 << 20)
+        try DiskModel.create(at: dir.file("a.raw"), size: 1 << 20)
         let server = Self.quietServer([try FileExport(path: dir.file("a.raw"), name: "disk")])
         for host in ["0.0.0.0", "::"] {
             let error = await #expect(throws: NBDError.self, "\(host)") { try await server.start(host: host, port: 0) }
@@ -99,7 +99,9 @@ struct NBDSocketTrustTests {
 
     @Test func tcpOnLoopbackIsAccepted() async throws {
         let dir = try TemporaryDirectory("nbd-tcp-lo")
-        try makeImage(dir.file("a.raw"), size: 1 << 20, writes: [(4096, [1, 2, 3])])
+        var disk = DiskModel(size: 1 << 20)
+        disk.write([1, 2, 3], at: 4096)
+        try disk.write(to: dir.file("a.raw"))
         let server = Self.quietServer([try FileExport(path: dir.file("a.raw"), name: "disk")])
         for host in ["127.0.0.1", "127.0.0.2", "::1", "localhost"] {
             let port = try await server.start(host: host, port: 0)
@@ -109,15 +111,5 @@ struct NBDSocketTrustTests {
             client.close()
         }
         try await server.shutdown()
-    }
-}
-
-/// Leaves a socket file nobody listens on: a process binds and listens, then is SIGKILLed.
-func makeStaleSocket(_ path: String) throws {
-    let script = "import os, socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(1)\nos.kill(os.getpid(), 9)\n"
-    let r = try runCommand("/usr/bin/python3", ["-c", script, path])
-    var st = stat()
-    guard r.status != 0, lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
-        throw ToolFailure(description: "could not leave a stale socket at \(path): \(r.status) \(r.stderr)")
     }
 }

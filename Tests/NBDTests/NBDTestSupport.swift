@@ -64,15 +64,6 @@ final class TestServer: @unchecked Sendable {
     func stop() async throws { try await server.shutdown() }
 }
 
-/// Makes a sparse file of `size` bytes with `data` written at the given offsets.
-func makeImage(_ path: String, size: UInt64, writes: [(UInt64, [UInt8])] = []) throws {
-    let f = try BlockFile(path: path, mode: .createReadWrite)
-    try f.truncate(to: size)
-    for (offset, bytes) in writes { try f.write(bytes, at: offset) }
-}
-
-struct ToolFailure: Error, CustomStringConvertible { var description: String }
-
 /// Starts a server for `exports`, runs `body`, and always shuts the server down.
 func withServer<T>(_ exports: [any NBDExport], in directory: TemporaryDirectory,
                    _ body: (TestServer) async throws -> T) async throws -> T {
@@ -85,16 +76,6 @@ func withServer<T>(_ exports: [any NBDExport], in directory: TemporaryDirectory,
         try? await server.stop()
         throw error
     }
-}
-
-/// Runs a tool and fails with its output when it exits non-zero.
-@discardableResult
-func run(_ program: String, _ arguments: [String], input: Data? = nil, environment: [String: String]? = nil) throws -> String {
-    let r = try runCommand(program, arguments, environment: environment, input: input)
-    guard r.succeeded else {
-        throw ToolFailure(description: "\(program) \(arguments.joined(separator: " ")) exited \(r.status): \(r.stderr)\(r.stdout)")
-    }
-    return r.stdout
 }
 
 extension ByteBuffer {

@@ -3,17 +3,13 @@ import Testing
 import TestSupport
 
 /// A seeded disk image: random (incompressible, so stored raw) 64 KiB chunks, every
-/// fourth chunk zero. A stored chunk's payload is then its bytes on the disk, which lets a
-/// test find which disk range a damaged envelope held without any repository code.
+/// fourth chunk zero (written, not a hole). A stored chunk's payload is then its bytes on the
+/// disk, which lets a test find which disk range a damaged envelope held without any
+/// repository code.
 func makeDisk(at path: String, chunks: Int, seed: UInt64) throws -> Data {
-    var g = SeededGenerator(seed: seed)
-    var bytes = [UInt8](repeating: 0, count: chunks * 65536)
-    for i in 0..<chunks where i % 4 != 3 {
-        bytes.replaceSubrange(i * 65536..<(i + 1) * 65536, with: g.bytes(65536))
-    }
-    let data = Data(bytes)
-    try data.write(to: URL(fileURLWithPath: path))
-    return data
+    let model = DiskModel.seeded(size: chunks * 65536, seed: seed) { i, _ in i % 4 == 3 ? .zero : .random }
+    try model.write(to: path, holes: false)
+    return model.data
 }
 
 /// Every pack file of a repository.

@@ -11,9 +11,9 @@ struct CancelMaintenanceCLITests {
     /// Runs `arguments`, waits until `started` says the job is under way, sends SIGINT.
     static func interrupted(_ arguments: [String], started: () -> Bool,
                             sourceLocation: SourceLocation = #_sourceLocation) throws -> CommandResult {
-        let command = try BackgroundCommand(tessera: arguments)
+        let command = try ChildProcess(tessera: arguments)
         var underWay = false
-        while command.process.isRunning && !underWay { underWay = started(); usleep(500) }
+        while command.isRunning && !underWay { underWay = started(); usleep(500) }
         command.signal(SIGINT)
         let (r, timedOut) = command.wait(timeout: 120)
         try #require(underWay, "\(arguments[0]) ended before it was under way (make the repository larger): \(r.stdout) \(r.stderr)",

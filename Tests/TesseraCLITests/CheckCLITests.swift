@@ -70,15 +70,10 @@ struct CheckCLITests {
         var g = SeededGenerator(seed: 102)
         for round in 0..<4 {
             _ = try makeDisk(at: dir.file("disk.raw"), chunks: 48, seed: 300 + g.next() % 1000)
-            let backup = Process()
-            backup.executableURL = URL(fileURLWithPath: Tessera.binary)
-            backup.arguments = ["backup", "--repo", repo, "--disk", "d", "--source", dir.file("disk.raw")]
-            backup.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-            backup.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            try backup.run()
+            let backup = try ChildProcess(tessera: ["backup", "--repo", repo, "--disk", "d", "--source", dir.file("disk.raw")])
             let check = try Tessera.run(["check", "--repo", repo, "--read-data"])
-            backup.waitUntilExit()
-            #expect(backup.terminationStatus == 0, "round \(round)")
+            let backedUp = backup.wait().result
+            #expect(backedUp.status == 0, "round \(round): \(backedUp.stderr)")
             #expect(check.status == 0, "round \(round): \(check.stdout) \(check.stderr)")
         }
         #expect(try Tessera.run(["check", "--repo", repo, "--read-data"]).status == 0)

@@ -74,9 +74,9 @@ struct HealingCLITests {
         let repo = dir.file("repo"), source = dir.file("disk.raw")
         try Tessera.ok(["init", "--repo", repo])
         let original = try makeDisk(at: source, chunks: 32, seed: 82)
-        let filter = try FilterProcess(directory: dir.path, disk: "d", path: source)
+        let filter = try FilterProcess.started(directory: dir, diskName: "d", diskPath: source)
         defer { filter.stop() }
-        let first = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.control, "--json"]))
+        let first = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.controlPath, "--json"]))
         let old = try #require(first["snapshot"] as? String)
         let d = try Self.damageFirstChunk(repo: repo, disk: original)
         Self.expectNamed(try Tessera.run(["check", "--repo", repo, "--read-data", "--json"]), d, snapshot: old)
@@ -84,7 +84,7 @@ struct HealingCLITests {
         // One write elsewhere (the damaged chunk's block stays clean for the tracker).
         let elsewhere = (d.index + 5) % 32
         try filter.write([(offset: elsewhere * 65536, length: 4096, value: 0x5a)])
-        let next = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.control, "--json"]))
+        let next = try Tessera.summary(try Tessera.ok(["backup", "--repo", repo, "--disk", "d", "--filter", filter.controlPath, "--json"]))
         #expect(next["mode"] as? String == "cbt")
         #expect(next["chunks_new"] as? Int == 2, "the written chunk and the healed one: \(next)")
         #expect(try Tessera.run(["check", "--repo", repo, "--read-data"]).status == 0)

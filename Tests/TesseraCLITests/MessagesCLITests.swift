@@ -115,7 +115,7 @@ struct MessagesCLITests {
         seen.insert(try Tessera.run(["snapshots", "--repo", dir.file("missing")]).status)
         seen.insert(try Tessera.run(["snapshots", "--bogus"]).status)
         seen.insert(try Tessera.run(["filter", "status", "--control", dir.file("no.sock")]).status)
-        let exclusive = try BackgroundCommand(tessera: ["serve", "--repo", repo, "latest", "--socket", dir.file("s.sock")])
+        let exclusive = try ChildProcess(tessera: ["serve", "--repo", repo, "latest", "--socket", dir.file("s.sock")])
         #expect(exclusive.waitForLine(timeout: 60) { $0.hasPrefix("serving") })
         seen.insert(try Tessera.run(["prune", "--repo", repo]).status)
         exclusive.signal(SIGTERM)

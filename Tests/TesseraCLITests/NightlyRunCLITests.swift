@@ -13,7 +13,7 @@ final class Night {
     var hookLog: String { dir.file("hooks.log") }
     var metrics: String { dir.file("tessera.prom") }
     var reportPath: String { dir.file("last-run.json") }
-    private(set) var filter: BackgroundCommand?
+    private(set) var filter: ChildProcess?
 
     init(_ label: String) throws {
         dir = try TemporaryDirectory(label)
@@ -60,7 +60,7 @@ final class Night {
     }
 
     func startFilter() throws {
-        let f = try BackgroundCommand(tessera: ["filter", "serve", "--config", configPath])
+        let f = try ChildProcess(tessera: ["filter", "serve", "--config", configPath])
         guard f.waitForLine(timeout: 60, { $0.hasPrefix("control endpoint") }) else {
             let r = f.wait(timeout: 5).result
             throw CommandError(description: "the filter did not start: \(r.stderr)")
@@ -318,7 +318,7 @@ final class Night {
             path = "\(a)"
             """)
         try night.startFilter()
-        let run = try BackgroundCommand(tessera: ["run", "--config", night.configPath])
+        let run = try ChildProcess(tessera: ["run", "--config", night.configPath])
         #expect(agent.wait(for: "guest-fsfreeze-thaw (hung)", timeout: 60), "the run reached its thaw")
         #expect(agent.frozen)
         run.signal(SIGKILL)
@@ -347,7 +347,7 @@ final class Night {
             """)
         try night.startFilter()
         try night.write("a", offset: 0, length: 1 << 20, pattern: 9)
-        let run = try BackgroundCommand(tessera: ["run", "--config", night.configPath])
+        let run = try ChildProcess(tessera: ["run", "--config", night.configPath])
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: marker) && Date() < deadline { usleep(20_000) }
         #expect(try night.openCheckpoints() == ["a"], "the hook runs while the checkpoint is open")
@@ -489,7 +489,7 @@ final class Night {
         for (name, path) in [("a", a), ("b", b)] {
             #expect(try Data(contentsOf: URL(fileURLWithPath: "\(folder)/\(name).raw")) == Data(contentsOf: URL(fileURLWithPath: path)))
         }
-        let served = try BackgroundCommand(tessera: ["serve", "--repo", night.repo, "--group", group, "--socket", night.dir.file("serve.sock")])
+        let served = try ChildProcess(tessera: ["serve", "--repo", night.repo, "--group", group, "--socket", night.dir.file("serve.sock")])
         #expect(served.waitForLine(timeout: 60) { $0.contains("nbd+unix:///b?") })
         for (name, path) in [("a", a), ("b", b)] {
             let compare = try runCommand("qemu-img", ["compare", "-f", "raw", "-F", "raw", path, "nbd+unix:///\(name)?socket=\(night.dir.file("serve.sock"))"])

@@ -149,17 +149,12 @@ struct PruneCLITests {
             let dir = try TemporaryDirectory("cli-prune-kill")
             let repo = dir.file("repo")
             try FileManager.default.copyItem(atPath: base.file("repo"), toPath: repo)
-            let prune = Process()
-            prune.executableURL = URL(fileURLWithPath: Tessera.binary)
-            prune.arguments = ["prune", "--repo", repo]
-            prune.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-            prune.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            // Startup takes a few tens of ms and a small prune under a hundred: most kills land mid-prune.
+            // Startup takes a few tens of ms and a small prune under a hundred: most kills land
+            // mid-prune (the sleep is the point of the test).
             let delay = UInt32(20_000 + g.next() % 100_000)
-            try prune.run()
+            let prune = try ChildProcess(tessera: ["prune", "--repo", repo])
             usleep(delay)
-            kill(prune.processIdentifier, SIGKILL)
-            prune.waitUntilExit()
+            prune.kill()
             // The killed prune's lock is stale (its pid is dead): the rerun goes ahead.
             let rerun = try Tessera.run(["prune", "--repo", repo])
             #expect(rerun.succeeded, "round \(round) (killed after \(delay) µs): \(rerun.stderr)")
@@ -184,27 +179,19 @@ struct PruneCLITests {
                 disk.replaceSubrange(c * 65536..<(c + 1) * 65536, with: Data(g.bytes(65536)))
             }
             try disk.write(to: URL(fileURLWithPath: source))
-            let backupOut = Pipe()
-            let backup = Process(), prune = Process()
-            backup.executableURL = URL(fileURLWithPath: Tessera.binary)
-            backup.arguments = ["backup", "--repo", repo, "--disk", "d", "--source", source, "--json"]
-            backup.standardOutput = backupOut
-            backup.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            prune.executableURL = URL(fileURLWithPath: Tessera.binary)
-            prune.arguments = ["prune", "--repo", repo]
-            prune.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-            prune.standardError = FileHandle(forWritingAtPath: "/dev/null")
-            if g.next() % 2 == 0 { try backup.run(); try prune.run() } else { try prune.run(); try backup.run() }
-            let output = backupOut.fileHandleForReading.readDataToEndOfFile()
-            backup.waitUntilExit()
-            prune.waitUntilExit()
-            #expect([0, 11].contains(backup.terminationStatus), "round \(round): backup exited \(backup.terminationStatus)")
-            #expect([0, 11].contains(prune.terminationStatus), "round \(round): prune exited \(prune.terminationStatus)")
-            outcomes.append("backup \(backup.terminationStatus) prune \(prune.terminationStatus)")
-            if backup.terminationStatus == 0 {
-                let last = String(decoding: output, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
-                let summary = try JSONSerialization.jsonObject(with: Data(last.utf8)) as? [String: Any]
-                expected[try #require(summary?["snapshot"] as? String)] = disk
+            let backupArguments = ["backup", "--repo", repo, "--disk", "d", "--source", source, "--json"]
+            let pruneArguments = ["prune", "--repo", repo]
+            // Started in a seeded order: either may take the lock first.
+            let backupFirst = g.next() % 2 == 0
+            let first = try ChildProcess(tessera: backupFirst ? backupArguments : pruneArguments)
+            let second = try ChildProcess(tessera: backupFirst ? pruneArguments : backupArguments)
+            let (backup, prune) = backupFirst ? (first, second) : (second, first)
+            let (backedUp, pruned) = (backup.wait().result, prune.wait().result)
+            #expect([0, 11].contains(backedUp.status), "round \(round): backup exited \(backedUp.status): \(backedUp.stderr)")
+            #expect([0, 11].contains(pruned.status), "round \(round): prune exited \(pruned.status): \(pruned.stderr)")
+            outcomes.append("backup \(backedUp.status) prune \(pruned.status)")
+            if backedUp.status == 0 {
+                expected[try #require(try Tessera.summary(backedUp)["snapshot"] as? String)] = disk
             }
             try Self.verify(repo: repo, expected: expected, scratch: dir.path)
         }

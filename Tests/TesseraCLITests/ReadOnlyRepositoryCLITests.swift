@@ -35,7 +35,7 @@ struct ReadOnlyRepositoryCLITests {
         #expect(check.status == 0 && check.stdout.contains("no damage found"), "check: \(check.stdout) \(check.stderr)", sourceLocation: sourceLocation)
         stderr["check"] = check.stderr
         let socket = "\(scratch)/serve-\(UInt32.random(in: 0...UInt32.max)).sock"
-        let serve = try BackgroundCommand(tessera: ["serve", "--repo", repo, b, "--socket", socket] + extra)
+        let serve = try ChildProcess(tessera: ["serve", "--repo", repo, b, "--socket", socket] + extra)
         let serving = serve.waitForLine(timeout: 60) { $0.hasPrefix("serving snapshot") }
         serve.signal(SIGTERM)
         let (served, _) = serve.wait(timeout: 60)

@@ -60,7 +60,7 @@ struct RestoreTargetCLITests {
         try makeRandomFile(at: target, mebibytes: 512)
 
         for mode in [["--only-changed"], ["--force"]] {
-            let restore = try BackgroundCommand(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--json"] + mode)
+            let restore = try ChildProcess(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--json"] + mode)
             let held = waitUntilHeld(target, by: restore)
             let (r, _) = restore.wait()
             #expect(r.status == 0, "restore \(mode): \(r.stderr)")
@@ -71,8 +71,8 @@ struct RestoreTargetCLITests {
         try makeRandomFile(at: target, mebibytes: 512)
         let old = try Data(contentsOf: URL(fileURLWithPath: target))
         let before = names(in: dir.path)
-        let restore = try BackgroundCommand(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--force", "--json"])
-        // Once the target is held the restore is under way (and its signal handling is set up).
+        let restore = try ChildProcess(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--force", "--json"])
+        // Once it writes, the restore holds its target (and its signal handling is set up).
         let started = waitUntilHeld(target, by: restore)
         restore.signal(SIGINT)
         let (r, _) = restore.wait()
@@ -83,13 +83,12 @@ struct RestoreTargetCLITests {
         #expect(names(in: dir.path) == before, "an interrupted restore left files behind")
     }
 
-    /// Polls until `path` is held by `command`'s process; false if the command ended first.
-    private func waitUntilHeld(_ path: String, by command: BackgroundCommand) -> Bool {
-        while command.process.isRunning {
-            if let held = try? FileLock.holder(ifLocked: path), held.pid == command.pid { return true }
-            usleep(1000)
-        }
-        return false
+    /// Waits until `restore` shows progress (its first `--json` progress line comes once it has
+    /// written), then tells whether it holds `path` at that moment; false if it ended first.
+    private func waitUntilHeld(_ path: String, by restore: ChildProcess) -> Bool {
+        guard restore.waitForLine(timeout: 120, isWorkingProgressLine) else { return false }
+        guard let held = try? FileLock.holder(ifLocked: path) else { return false }
+        return held.pid == restore.pid
     }
 
     /// `--force` over an existing target: the target is replaced whole when the restore
@@ -175,8 +174,9 @@ struct RestoreTargetCLITests {
         for round in 0..<6 {
             try makeRandomFile(at: target, mebibytes: 8)
             let old = try Data(contentsOf: URL(fileURLWithPath: target))
-            let restore = try BackgroundCommand(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--force"])
-            usleep(UInt32(g.next() % 400_000))
+            let restore = try ChildProcess(tessera: ["restore", "--repo", repo, "latest", "--disk", "d", "--to", target, "--force"])
+            // A kill at a seeded instant (not a wait for anything).
+            Thread.sleep(forTimeInterval: Double(g.next() % 400_000) / 1_000_000)
             restore.signal(SIGKILL)
             _ = restore.wait()
             let now = try Data(contentsOf: URL(fileURLWithPath: target))

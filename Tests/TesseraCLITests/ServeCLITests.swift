@@ -6,38 +6,24 @@ import TestSupport
 /// byte for byte, nbdinfo's map shows exactly the zero chunks as holes, writes are refused,
 /// prune waits for the served snapshot, and a damaged chunk is an I/O error for its bytes only.
 struct ServeCLITests {
-    /// `tessera serve` as a child process.
+    /// `tessera serve` as a child process, returned once it says it serves (it listens by then).
     final class Server {
-        let process = Process()
+        let process: ChildProcess
         let socket: String
 
         init(repo: String, snapshot: String, directory: String) throws {
             socket = "\(directory)/serve.sock"
-            process.executableURL = URL(fileURLWithPath: Tessera.binary)
-            process.arguments = ["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "snap"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            for _ in 0..<200 where !FileManager.default.fileExists(atPath: socket) && process.isRunning { usleep(50_000) }
-            guard FileManager.default.fileExists(atPath: socket) else {
-                stop()
-                throw CommandError(description: "tessera serve did not start")
+            process = try ChildProcess(tessera: ["serve", "--repo", repo, snapshot, "--socket", socket, "--name", "snap"])
+            guard process.waitForLine(containing: "serving snapshot") else {
+                throw CommandError(description: "tessera serve did not start: \(process.kill().stderr)")
             }
         }
 
         var uri: String { "nbd+unix:///snap?socket=\(socket)" }
 
-        /// SIGTERM; returns the exit status.
+        /// SIGTERM (SIGKILL after 60 s); returns the exit status.
         @discardableResult
-        func stop() -> Int32 {
-            if process.isRunning {
-                process.terminate()
-                process.waitUntilExit()
-            }
-            return process.terminationStatus
-        }
-
-        deinit { stop() }
+        func stop() -> Int32 { process.terminate() }
     }
 
     @Test(.enabled(if: ExternalTool.available("qemu-img", "qemu-io", "nbdinfo")))
@@ -77,7 +63,7 @@ struct ServeCLITests {
         #expect(try Tessera.ok(["unlock", "--repo", repo]).stdout.contains("no lock to remove"))
         #expect(try Tessera.run(["prune", "--repo", repo]).status == 11)
         let forced = try Tessera.ok(["unlock", "--repo", repo, "--remove-all"])
-        #expect(forced.stdout.contains("1 lock removed") && forced.stdout.contains("pid \(server.process.processIdentifier)"), "\(forced.stdout)")
+        #expect(forced.stdout.contains("1 lock removed") && forced.stdout.contains("pid \(server.process.pid)"), "\(forced.stdout)")
 
         #expect(server.stop() == 0)
         // A server stopped with SIGTERM leaves no lock behind.

@@ -43,6 +43,7 @@ public enum ExternalTool {
 
 /// The result of running a command to completion.
 public struct CommandResult: Sendable {
+    /// As a shell reports it: the exit code, or 128 + the signal that ended it.
     public var status: Int32
     public var stdout: String
     public var stderr: String
@@ -55,46 +56,41 @@ public struct CommandError: Error, CustomStringConvertible {
 }
 
 /// Runs a program to completion and captures its output.
-/// - Throws: `CommandError` when the program is missing (naming the Debian package).
+/// - Parameter timeout: seconds it may run; then it is SIGKILLed and this throws.
+/// - Throws: `CommandError` when the program is missing (naming the Debian package) or hung.
 @discardableResult
 public func runCommand(_ program: String, _ arguments: [String], environment: [String: String]? = nil,
-                       input: Data? = nil) throws -> CommandResult {
-    let executable: String
-    if program.hasPrefix("/") {
-        executable = program
-    } else if let found = ExternalTool.path(program) {
-        executable = found
-    } else {
-        throw CommandError(description: "\(program) is not installed: apt-get install \(ExternalTool.package(for: program)) (Tools/test installs it)")
+                       input: Data? = nil, timeout: Double = 900) throws -> CommandResult {
+    let child = try ChildProcess(program, arguments, environment: environment, input: input.map { .data($0) } ?? .none)
+    let (result, timedOut) = child.wait(timeout: timeout)
+    if timedOut {
+        throw CommandError(description: "\(child.commandLine) did not end within \(Int(timeout)) s and was killed: \(result.stderr)")
     }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if let environment {
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    return result
+}
+
+/// Runs a tool that must succeed and returns its stdout.
+/// - Throws: `CommandError` with its exit status and output when it fails.
+@discardableResult
+public func run(_ program: String, _ arguments: [String], input: Data? = nil, environment: [String: String]? = nil) throws -> String {
+    let r = try runCommand(program, arguments, environment: environment, input: input)
+    guard r.succeeded else {
+        throw CommandError(description: "\(program) \(arguments.joined(separator: " ")) exited \(r.status): \(r.stderr)\(r.stdout)")
     }
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    let inPipe = Pipe()
-    process.standardInput = input == nil ? FileHandle.nullDevice : inPipe
-    try process.run()
-    if let input {
-        inPipe.fileHandleForWriting.write(input)
-        try? inPipe.fileHandleForWriting.close()
+    return r.stdout
+}
+
+extension ChildProcess {
+    /// `qemu-nbd ARGS` serving on the Unix socket `socket`, returned once it accepts
+    /// connections: qemu-nbd writes its pid file after it listens, and inotify says when the
+    /// file appears. Stop it with `kill()` (a read-only export; `-t` may linger after SIGTERM).
+    public static func qemuNBD(_ arguments: [String], socket: String) throws -> ChildProcess {
+        let pidFile = socket + ".pid"
+        unlink(pidFile) // one a killed qemu-nbd left would say "ready" too soon
+        let server = try ChildProcess("qemu-nbd", ["--pid-file", pidFile, "-k", socket] + arguments)
+        guard server.waitForPath(pidFile) else {
+            throw CommandError(description: "qemu-nbd \(arguments.joined(separator: " ")) did not start: \(server.kill().stderr)")
+        }
+        return server
     }
-    // Read both pipes concurrently so a chatty child cannot block on a full pipe.
-    nonisolated(unsafe) var errData = Data()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async {
-        errData = err.fileHandleForReading.readDataToEndOfFile()
-        group.leave()
-    }
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus,
-                         stdout: String(decoding: outData, as: UTF8.self),
-                         stderr: String(decoding: errData, as: UTF8.self))
 }

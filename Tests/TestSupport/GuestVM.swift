@@ -120,7 +120,7 @@ public final class GuestConsole: @unchecked Sendable {
 public final class GuestVM: @unchecked Sendable {
     public let directory: String
     public let console: GuestConsole
-    public let qemu: BackgroundCommand
+    public let qemu: ChildProcess
     public var guestAgentSocket: String { "\(directory)/qga.sock" }
     public var monitorSocket: String { "\(directory)/qmp.sock" }
     public let bootedAt = Date()
@@ -154,12 +154,12 @@ public final class GuestVM: @unchecked Sendable {
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             "-qmp", "unix:\(directory)/qmp.sock,server=on,wait=off",
         ]
-        qemu = try BackgroundCommand(try GuestImage.qemu(), arguments)
+        qemu = try ChildProcess(try GuestImage.qemu(), arguments)
     }
 
     deinit { kill() }
 
-    public var isRunning: Bool { qemu.process.isRunning }
+    public var isRunning: Bool { qemu.isRunning }
 
     /// Waits for a console line that satisfies `predicate` (every line so far counts).
     /// - Throws: at the deadline, when QEMU exits first, or on a failure line (`GuestConsole.isFailure`).
@@ -173,7 +173,7 @@ public final class GuestVM: @unchecked Sendable {
             }
             if let line = lines.first(where: predicate) { return line }
             if !isRunning {
-                throw GuestError("QEMU exited (\(qemu.process.terminationStatus)) before \(what)\n\(failureContext)")
+                throw GuestError("QEMU exited (\(qemu.waitForExit(timeout: 1)?.status ?? -1)) before \(what)\n\(failureContext)")
             }
             if Date() >= deadline { throw GuestError("no \(what) within \(Int(timeout)) s\n\(failureContext)") }
             usleep(20_000)
@@ -248,8 +248,7 @@ public final class GuestVM: @unchecked Sendable {
     /// SIGKILLs QEMU.
     public func kill() {
         if isRunning {
-            qemu.signal(SIGKILL)
-            qemu.process.waitUntilExit()
+            qemu.kill()
         }
     }
 }

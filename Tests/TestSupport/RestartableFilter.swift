@@ -14,7 +14,7 @@ public final class RestartableFilter: @unchecked Sendable {
     public var control: String { "\(directory)/control.sock" }
     public var stateDirectory: String { "\(directory)/state" }
     public var logPath: String { "\(directory)/filter.log" }
-    public private(set) var command: BackgroundCommand?
+    public private(set) var command: ChildProcess?
     public private(set) var starts = 0
     private var earlierOutput = ""
 
@@ -30,8 +30,8 @@ public final class RestartableFilter: @unchecked Sendable {
 
     /// Starts the filter and waits until it says its control endpoint is up.
     public func start(timeout: Double = 60) throws {
-        if let command, command.process.isRunning { throw GuestError("the filter is already running") }
-        let c = try BackgroundCommand(tessera: ["filter", "serve", "--disk", "\(disk)=\(path)", "--socket", nbdSocket,
+        if let command, command.isRunning { throw GuestError("the filter is already running") }
+        let c = try ChildProcess(tessera: ["filter", "serve", "--disk", "\(disk)=\(path)", "--socket", nbdSocket,
                                                 "--control", control, "--state-dir", stateDirectory])
         command = c
         starts += 1

@@ -6,9 +6,10 @@ import Testing
 public enum Tessera {
     public static var binary: String { BuiltProducts.executable("tessera") }
 
+    /// Runs a command to completion (SIGKILLed after `timeout` seconds: then this throws).
     @discardableResult
-    public static func run(_ arguments: [String]) throws -> CommandResult {
-        try runCommand(binary, arguments)
+    public static func run(_ arguments: [String], timeout: Double = 900) throws -> CommandResult {
+        try runCommand(binary, arguments, timeout: timeout)
     }
 
     /// Runs a command that must succeed; a failure records its output.
@@ -54,51 +55,4 @@ public enum Tessera {
         let rows = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]] ?? []
         return rows.compactMap { $0["id"] as? String }
     }
-}
-
-/// `tessera filter serve` for one disk as a child process, plus qemu-io as the VM writing
-/// through it. (FilterTests has a richer harness of its own for crash tests.)
-public final class FilterProcess {
-    public let process = Process()
-    public let control: String
-    public let socket: String
-    public let disk: String
-
-    public init(directory: String, disk: String, path: String) throws {
-        self.disk = disk
-        control = "\(directory)/c.sock"
-        socket = "\(directory)/n.sock"
-        process.executableURL = URL(fileURLWithPath: Tessera.binary)
-        process.arguments = ["filter", "serve", "--disk", "\(disk)=\(path)", "--socket", socket,
-                             "--control", control, "--state-dir", "\(directory)/state"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        for _ in 0..<200 {
-            if FileManager.default.fileExists(atPath: control) && FileManager.default.fileExists(atPath: socket) { return }
-            if !process.isRunning { break }
-            usleep(50_000)
-        }
-        stop()
-        throw CommandError(description: "the filter did not start")
-    }
-
-    public var uri: String { "nbd+unix:///\(disk)?socket=\(socket)" }
-
-    /// Writes through the filter with qemu-io (the VM), one process for many writes.
-    public func write(_ writes: [(offset: Int, length: Int, value: UInt8)]) throws {
-        var args = ["-f", "raw"]
-        for w in writes { args += ["-c", "write -P \(w.value) \(w.offset) \(w.length)"] }
-        let r = try runCommand("qemu-io", args + [uri])
-        guard r.succeeded, !r.stderr.contains("error") else { throw CommandError(description: "qemu-io failed: \(r.stderr)") }
-    }
-
-    public func stop() {
-        if process.isRunning {
-            process.terminate()
-            process.waitUntilExit()
-        }
-    }
-
-    deinit { stop() }
 }

@@ -46,9 +46,13 @@ struct WorkerGroupTests {
 
     @Test func aTickerTicksUntilStopped() throws {
         let ticks = Atomic<Int>(0)
-        let ticker = Ticker(every: 0.01, name: "test") { ticks.add(1, ordering: .relaxed) }
-        while ticks.load(ordering: .relaxed) < 3 { usleep(1000) }
+        let third = DispatchSemaphore(value: 0)
+        let ticker = Ticker(every: 0.01, name: "test") {
+            if ticks.add(1, ordering: .relaxed).newValue == 3 { third.signal() }
+        }
+        #expect(third.wait(timeout: .now() + 60) == .success, "the ticker did not tick 3 times in 60 s")
         ticker.stop()
+        // stop() does not wait for a tick under way: give one time to end, then none may follow.
         usleep(50_000)
         let after = ticks.load(ordering: .relaxed)
         usleep(50_000)

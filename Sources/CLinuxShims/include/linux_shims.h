@@ -1,6 +1,7 @@
 // Linux calls that Glibc's Swift overlay does not expose (they need _GNU_SOURCE or <malloc.h>).
 #pragma once
 #include <sys/types.h>
+#include <spawn.h>
 
 /// fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE); returns 0 or -1 with errno set.
 int tessera_punch_hole(int fd, off_t offset, off_t length);
@@ -17,3 +18,8 @@ int tessera_prefetch(int fd, off_t offset, off_t length);
 ssize_t tessera_pread_nowait(int fd, void *buffer, size_t length, off_t offset);
 /// mallopt(M_MMAP_THRESHOLD, bytes): a fixed threshold (switches glibc's dynamic one off).
 int tessera_set_mmap_threshold(int bytes);
+/// pipe2(fds, O_CLOEXEC): a pipe no child inherits unless it is dup2'ed; 0 or -1 with errno set.
+int tessera_pipe_cloexec(int fds[2]);
+/// posix_spawn_file_actions_addclosefrom_np(actions, from): the spawned child closes every
+/// descriptor from `from` up (glibc 2.34+); 0 or an error number.
+int tessera_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);

@@ -76,6 +76,18 @@ struct FilterServe: AsyncParsableCommand {
         }
         if payloadStallTimeout < 1 { throw ValidationError("--payload-stall-timeout must be at least 1 second") }
         if controlIdleTimeout < 1 { throw ValidationError("--control-idle-timeout must be at least 1 second") }
+        if persistInterval < 1 { throw ValidationError("--persist-interval must be at least 1 second") }
+        do {
+            try trackerConfiguration.validate()
+        } catch let e as TrackerError {
+            throw ValidationError(e.message)
+        }
+    }
+
+    /// The tracking layout the options describe.
+    var trackerConfiguration: TrackerConfiguration {
+        TrackerConfiguration(granularity: granularity?.bytes ?? 65536, activityLogExtentSize: activityLogExtent.bytes,
+                             activityLogSlots: activityLogSlots)
     }
 
     /// What to serve: from the options, or from the nightly run's config.
@@ -119,10 +131,8 @@ struct FilterServe: AsyncParsableCommand {
         logger.logLevel = .info
         let setup = try setup()
         let (socket, control, stateDir, tcp) = (setup.socket, setup.control, setup.stateDir, setup.tcp)
-        var configuration = TrackerConfiguration()
+        var configuration = trackerConfiguration
         configuration.granularity = setup.granularity
-        configuration.activityLogExtentSize = activityLogExtent.bytes
-        configuration.activityLogSlots = activityLogSlots
         let service: FilterService
         do {
             service = try FilterService(stateDirectory: stateDir, configuration: configuration, logger: logger)

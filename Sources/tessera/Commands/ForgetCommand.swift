@@ -37,6 +37,7 @@ struct ForgetCommand: ParsableCommand {
                           ("monthly", keepMonthly), ("yearly", keepYearly)] where n < 0 {
             throw ValidationError("--keep-\(name) must be 0 or more")
         }
+        guard wait >= 0 else { throw ValidationError("--wait is a number of seconds, 0 or more") }
         if policy.isEmpty {
             throw ValidationError("give at least one --keep-* option (--keep-last, --keep-daily, ..., --keep-tag); forget refuses to delete everything but the newest snapshot by accident")
         }

@@ -19,6 +19,10 @@ struct RepairCommand: ParsableCommand {
         @Option(help: "Seconds to keep retrying while another process holds the repository.") var wait: Double = 0
         @Flag(help: "Print the report as JSON.") var json = false
 
+        func validate() throws {
+            guard wait >= 0 else { throw ValidationError("--wait is a number of seconds, 0 or more") }
+        }
+
         func run() throws {
             let signals = JobSignals()
             let logger = CommandLogHandler.logger("tessera.repair", json: json)
@@ -49,6 +53,10 @@ struct RepairCommand: ParsableCommand {
         }
         struct Range: Encodable { var offset: UInt64; var length: UInt64 }
         struct Summary: Encodable { var type = "summary"; var damaged: Int; var forgotten: Int }
+
+        func validate() throws {
+            guard wait >= 0 else { throw ValidationError("--wait is a number of seconds, 0 or more") }
+        }
 
         func run() throws {
             let signals = JobSignals()

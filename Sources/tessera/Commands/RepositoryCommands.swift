@@ -12,11 +12,24 @@ struct InitCommand: ParsableCommand {
     @Option(help: "Compression, as zstd:LEVEL (default zstd:1; higher levels trade backup CPU for space).")
     var compression: String = "zstd:1"
 
-    func run() throws {
+    /// The zstd level `--compression` names, or nil when it is not zstd:1 ... zstd:19.
+    var compressionLevel: Int? {
         let parts = compression.split(separator: ":")
-        guard parts.count == 2, parts[0] == "zstd", let level = Int(parts[1]), (1...19).contains(level) else {
-            throw ValidationError("--compression takes zstd:LEVEL with LEVEL from 1 to 19, e.g. zstd:3")
+        guard parts.count == 2, parts[0] == "zstd", let level = Int(parts[1]), (1...19).contains(level) else { return nil }
+        return level
+    }
+
+    func validate() throws {
+        guard chunkSize.bytes <= Int.max, DiskMap.isValidChunkSize(Int(chunkSize.bytes)) else {
+            throw ValidationError("--chunk-size must be a power of two from 4K to 4M (64K is the default), not \(chunkSize)")
         }
+        if compressionLevel == nil {
+            throw ValidationError("--compression takes zstd:LEVEL with LEVEL from 1 to 19, e.g. zstd:3, not '\(compression)'")
+        }
+    }
+
+    func run() throws {
+        let level = compressionLevel ?? 1
         let repo = try reportingErrors {
             try Repository.initialize(at: repository.path, chunkSize: Int(chunkSize.bytes), compressionLevel: level)
         }
