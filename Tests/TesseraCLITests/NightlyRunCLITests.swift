@@ -547,4 +547,47 @@ final class Night {
         #expect((vm2?["warnings"] as? [String])?.contains { $0.contains("disk s is scanned while the VM runs") } == true)
         #expect(try night.restored(s?["snapshot"] as? String ?? "") == Data(contentsOf: URL(fileURLWithPath: scanned)))
     }
+
+    /// A disk whose changes come from a QEMU dirty bitmap over NBD (libvirt pull mode), in a
+    /// night beside a filter disk: night 2 reads only what the bitmap says, and restores as
+    /// `qemu-img convert` sees the image.
+    @Test func aDiskWithAQEMUBitmapIsBackedUpByItsBitmap() throws {
+        let night = try Night("night-nbd")
+        let a = try night.disk("a")
+        let qcow = night.dir.file("pull.qcow2"), sock = night.dir.file("qemu-nbd.sock")
+        try runCommand("qemu-img", ["create", "-q", "-f", "qcow2", qcow, "32M"])
+        try runCommand("qemu-io", ["-f", "qcow2", "-c", "write -P 0x31 1M 2M", qcow])
+        try runCommand("qemu-img", ["bitmap", "--add", qcow, "nightly"])
+        try night.writeConfig("""
+            [[vm]]
+            name = "mixed"
+            [[vm.disk]]
+            name = "a"
+            path = "\(a)"
+            [[vm.disk]]
+            name = "pull"
+            changes = "nbd"
+            nbd = "nbd+unix:///?socket=\(sock)"
+            bitmap = "nightly"
+            """)
+        try night.startFilter()
+        func runNight(_ label: String) throws -> [String: Any] {
+            let server = try ChildProcess.qemuNBD(["-r", "-f", "qcow2", "-t", "-B", "nightly", qcow], socket: sock)
+            defer { server.kill(); unlink(sock) }
+            let (result, report) = try night.run()
+            #expect(result.status == 0, "\(label): \(result.stderr)")
+            return Night.disks(Night.vms(report)["mixed"])["pull"] ?? [:]
+        }
+        let first = try runNight("night 1")
+        #expect(first["mode"] as? String == "full")
+        try runCommand("qemu-io", ["-f", "qcow2", "-c", "write -P 0x41 4M 4k", "-c", "write -P 0x42 30M 100k", qcow])
+        let second = try runNight("night 2")
+        #expect(second["mode"] as? String == "nbd-bitmap" && second["bytes_read"] as? Int == 3 * 65536, "\(second)")
+        let reference = night.dir.file("reference.raw")
+        try runCommand("qemu-img", ["convert", "-O", "raw", qcow, reference])
+        #expect(try night.restored(second["snapshot"] as? String ?? "") == Data(contentsOf: URL(fileURLWithPath: reference)))
+        let plan = try Tessera.ok(["config", "check", night.configPath])
+        #expect(plan.stdout.contains("disk pull: changes from nbd, nbd+unix:///?socket=\(sock), bitmap nightly"))
+        #expect(plan.stdout.contains("NBD-bitmap disks are not checkpointed with its filter disks"))
+    }
 }
