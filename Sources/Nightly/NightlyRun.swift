@@ -36,6 +36,12 @@ public final class NightlyRun: Sendable {
         public static let locked: Int32 = 11
     }
 
+    /// Another run holds the config (exit 11, like a locked repository).
+    public struct AlreadyRunning: Error, CustomStringConvertible, Sendable {
+        public var message: String
+        public var description: String { message }
+    }
+
     public let config: RunConfig
     public let options: Options
     let logger: Logger
@@ -64,6 +70,13 @@ public final class NightlyRun: Sendable {
         let started = Date()
         var report = RunReport(config: config.file, repository: config.repository, started: started)
         let vms = try selectedVMs()
+        // One run per config at a time (a timer's run and one started by hand): a second run
+        // would find every checkpoint held and fail every VM. flock, so a dead run holds nothing.
+        let runLock: FileLock
+        do { runLock = try FileLock.acquire(config.file) } catch let held as FileLock.Held {
+            throw AlreadyRunning(message: "another tessera run\(held.pid.map { " (process \($0))" } ?? "") is running with \(config.file); wait for it to finish")
+        }
+        defer { withExtendedLifetime(runLock) {} }
         logger.notice("run started", metadata: ["event": "run-start", "vms": "\(vms.count)", "config": "\(config.file)"])
         let repository = try RepositoryAccess.open(config.repository)
         let hooks = HookRunner(timeout: config.run.vm.hookTimeout, logger: logger, cancellation: cancellation)

@@ -351,6 +351,9 @@ final class Night {
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: marker) && Date() < deadline { usleep(20_000) }
         #expect(try night.openCheckpoints() == ["a"], "the hook runs while the checkpoint is open")
+        // A second run of the same config meanwhile (the timer's, and one by hand) is refused.
+        let second = try Tessera.run(["run", "--config", night.configPath])
+        #expect(second.status == 11 && second.stderr.contains("another tessera run (process \(run.pid))"), "\(second.stderr)")
         run.signal(SIGINT)
         let (result, timedOut) = run.wait(timeout: 60)
         #expect(!timedOut && result.status == 130, "\(result.stderr)")

@@ -54,6 +54,8 @@ struct RunCommand: ParsableCommand {
             report = try night.run()
         } catch let e as ConfigError {
             fail("\(e)", code: NightlyRun.Exit.config, json: json)
+        } catch let e as NightlyRun.AlreadyRunning {
+            fail(e.message, code: NightlyRun.Exit.locked, json: json)
         } catch {
             fail(tessera.message(of: error), code: ExitCodes.code(for: error), json: json)
         }
