@@ -90,6 +90,12 @@ final class Night {
         return (r, (try? Tessera.summary(r)) ?? [:])
     }
 
+    /// A `[[vm]]` table: the VM's own settings (TOML lines), then its disks (name and path).
+    static func vm(_ name: String, _ settings: String = "", disks: [(name: String, path: String)]) -> String {
+        "[[vm]]\nname = \"\(name)\"\n" + settings
+            + disks.map { "[[vm.disk]]\nname = \"\($0.name)\"\npath = \"\($0.path)\"\n" }.joined()
+    }
+
     static func vms(_ report: [String: Any]) -> [String: [String: Any]] {
         Dictionary(uniqueKeysWithValues: ((report["vms"] as? [[String: Any]]) ?? []).map { ($0["name"] as! String, $0) })
     }
@@ -128,19 +134,8 @@ final class Night {
             keep-last = 1
             [verify]
             read-data-every = 1
-            [[vm]]
-            name = "vm1"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
-            [[vm]]
-            name = "vm2"
-            [[vm.disk]]
-            name = "c"
-            path = "\(c)"
+            \(Night.vm("vm1", disks: [("a", a), ("b", b)]))
+            \(Night.vm("vm2", disks: [("c", c)]))
             """)
         try night.startFilter()
         try night.write("a", offset: 0, length: 1 << 20, pattern: 1)
@@ -209,25 +204,9 @@ final class Night {
             metrics = "\(night.metrics)"
             [hooks]
             backup-abort = ["\(abort)"]
-            [[vm]]
-            name = "broken"
-            [vm.hooks]
-            pre-checkpoint = ["\(failing)"]
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm]]
-            name = "flaky"
-            [vm.hooks]
-            pre-checkpoint = ["\(flaky)"]
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
-            [[vm]]
-            name = "fine"
-            [[vm.disk]]
-            name = "c"
-            path = "\(c)"
+            \(Night.vm("broken", "[vm.hooks]\npre-checkpoint = [\"\(failing)\"]\n", disks: [("a", a)]))
+            \(Night.vm("flaky", "[vm.hooks]\npre-checkpoint = [\"\(flaky)\"]\n", disks: [("b", b)]))
+            \(Night.vm("fine", disks: [("c", c)]))
             """)
         try night.startFilter()
         let (result, report) = try night.run()
@@ -261,26 +240,9 @@ final class Night {
         try night.writeConfig("""
             [run]
             retries = 0
-            [[vm]]
-            name = "good"
-            guest-agent = "\(good.path)"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm]]
-            name = "stubborn"
-            guest-agent = "\(stubborn.path)"
-            quiesce = "try"
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
-            [[vm]]
-            name = "strict"
-            guest-agent = "\(strict.path)"
-            quiesce = "required"
-            [[vm.disk]]
-            name = "c"
-            path = "\(c)"
+            \(Night.vm("good", "guest-agent = \"\(good.path)\"\n", disks: [("a", a)]))
+            \(Night.vm("stubborn", "guest-agent = \"\(stubborn.path)\"\nquiesce = \"try\"\n", disks: [("b", b)]))
+            \(Night.vm("strict", "guest-agent = \"\(strict.path)\"\nquiesce = \"required\"\n", disks: [("c", c)]))
             """)
         try night.startFilter()
         let (result, report) = try night.run()
@@ -310,12 +272,7 @@ final class Night {
         try night.writeConfig("""
             [run]
             freeze-timeout = "120s"
-            [[vm]]
-            name = "vm"
-            guest-agent = "\(agent.path)"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", "guest-agent = \"\(agent.path)\"\n", disks: [("a", a)]))
             """)
         try night.startFilter()
         let run = try ChildProcess(tessera: ["run", "--config", night.configPath])
@@ -337,13 +294,7 @@ final class Night {
         let marker = night.dir.file("hook-started")
         let slow = try night.hook("slow.sh", extra: "touch \(marker); exec sleep 120")
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            [vm.hooks]
-            post-checkpoint = ["\(slow)"]
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", "[vm.hooks]\npost-checkpoint = [\"\(slow)\"]\n", disks: [("a", a)]))
             """)
         try night.startFilter()
         try night.write("a", offset: 0, length: 1 << 20, pattern: 9)
@@ -362,11 +313,7 @@ final class Night {
         #expect(try Tessera.snapshotIDs(repo: night.repo).isEmpty)
         // Nothing lost: tonight's data is in the next run.
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", disks: [("a", a)]))
             """)
         let next = try night.run()
         #expect(next.result.status == 0)
@@ -378,11 +325,7 @@ final class Night {
         let night = try Night("night-restart")
         let a = try night.disk("a")
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", disks: [("a", a)]))
             """)
         try night.startFilter()
         try night.write("a", offset: 0, length: 1 << 20, pattern: 1)
@@ -407,18 +350,8 @@ final class Night {
         try night.writeConfig("""
             [run]
             window = "1s"
-            [[vm]]
-            name = "first"
-            [vm.hooks]
-            backup-start = ["\(slow)"]
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm]]
-            name = "late"
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
+            \(Night.vm("first", "[vm.hooks]\nbackup-start = [\"\(slow)\"]\n", disks: [("a", a)]))
+            \(Night.vm("late", disks: [("b", b)]))
             """)
         try night.startFilter()
         let (result, report) = try night.run()
@@ -432,22 +365,13 @@ final class Night {
         let night = try Night("night-errors")
         let a = try night.disk("a")
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            colour = "blue"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", "colour = \"blue\"\n", disks: [("a", a)]))
             """)
         let bad = try Tessera.run(["config", "check", night.configPath])
         #expect(bad.status == 2 && bad.stderr.contains("\(night.configPath):8:") && bad.stderr.contains("colour"), "\(bad.stderr)")
         #expect(try Tessera.run(["run", "--config", night.configPath]).status == 2)
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("vm", disks: [("a", a)]))
             """)
         let plan = try Tessera.ok(["config", "check", night.configPath])
         #expect(plan.stdout.contains("VM vm: crash-consistent") && plan.stdout.contains("disk a: changes from filter"))
@@ -472,14 +396,7 @@ final class Night {
         let night = try Night("night-group")
         let (a, b) = (try night.disk("a"), try night.disk("b"))
         try night.writeConfig("""
-            [[vm]]
-            name = "vm"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
+            \(Night.vm("vm", disks: [("a", a), ("b", b)]))
             """)
         try night.startFilter()
         try night.write("a", offset: 0, length: 1 << 20, pattern: 1)
@@ -520,16 +437,8 @@ final class Night {
             parallel-vms = 2
             [hooks]
             pre-checkpoint = ["\(hold)"]
-            [[vm]]
-            name = "one"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
-            [[vm]]
-            name = "two"
-            [[vm.disk]]
-            name = "b"
-            path = "\(b)"
+            \(Night.vm("one", disks: [("a", a)]))
+            \(Night.vm("two", disks: [("b", b)]))
             [[vm.disk]]
             name = "s"
             path = "\(scanned)"
@@ -562,11 +471,7 @@ final class Night {
         try runCommand("qemu-io", ["-f", "qcow2", "-c", "write -P 0x31 1M 2M", qcow])
         try runCommand("qemu-img", ["bitmap", "--add", qcow, "nightly"])
         try night.writeConfig("""
-            [[vm]]
-            name = "mixed"
-            [[vm.disk]]
-            name = "a"
-            path = "\(a)"
+            \(Night.vm("mixed", disks: [("a", a)]))
             [[vm.disk]]
             name = "pull"
             changes = "nbd"
