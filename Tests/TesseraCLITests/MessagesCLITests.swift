@@ -53,7 +53,7 @@ struct MessagesCLITests {
         let command = "'\(Tessera.binary)' restore --repo '\(repo)' latest --disk d --to '\(dir.file("out.raw"))'"
         let r = try runCommand("script", ["-qec", command, "/dev/null"])
         #expect(r.succeeded, "\(r.stdout) \(r.stderr)")
-        let lines = r.stdout.split(separator: "\r").filter { $0.hasPrefix("restore [") }
+        let lines = r.stdout.split(separator: "\r").filter { $0.hasPrefix("restore d [") }
         try #require(!lines.isEmpty, "no progress line on the terminal: \(r.stdout.debugDescription)")
         for line in lines {
             #expect(line.contains("\u{1B}[K"), "a progress line does not clear the rest of the line: \(line.debugDescription)")
