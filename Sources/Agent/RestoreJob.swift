@@ -143,6 +143,32 @@ public struct RestoreJob: Sendable {
         }
     }
 
+    /// Writes `bytes` at `offset` except its all-zero 4 KiB blocks (`offset` is chunk-aligned,
+    /// so the blocks are the file system's): one write per run of blocks that hold data.
+    static func writeSkippingZeroBlocks(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, to target: DiskImage) throws {
+        let block = 4096
+        var start: Int?
+        var at = 0
+        while at < bytes.count {
+            let end = min(at + block, bytes.count)
+            let zero = isZeroBlock(UnsafeRawBufferPointer(rebasing: bytes[at..<end]))
+            if zero, let s = start {
+                try target.write(UnsafeRawBufferPointer(rebasing: bytes[s..<at]), at: offset + UInt64(s))
+                start = nil
+            } else if !zero && start == nil {
+                start = at
+            }
+            at = end
+        }
+        if let s = start { try target.write(UnsafeRawBufferPointer(rebasing: bytes[s...]), at: offset + UInt64(s)) }
+    }
+
+    /// Data blocks almost always have a non-zero first word: only zero blocks are scanned whole.
+    private static func isZeroBlock(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if bytes.count >= 8, bytes.loadUnaligned(as: UInt64.self) != 0 { return false }
+        return ChunkPipeline.isAllZero(bytes)
+    }
+
     private func restoreBatch(_ k: Int, into target: DiskImage, inPlace: Bool, buffers: inout Buffers,
                               counters: RestoreCounters) throws {
         let chunks = plan.batch(k)
@@ -178,7 +204,13 @@ public struct RestoreJob: Sendable {
             runStart = nil
             let offset = plan.byteRange(ofChunk: chunks.lowerBound + r).offset
             let bytes = Int(plan.byteRange(ofChunk: chunks.lowerBound + end - 1).end - offset)
-            try buffers.batch.withUnsafeBytes { try target.write(UnsafeRawBufferPointer(rebasing: $0[(r * slot)..<(r * slot + bytes)]), at: offset) }
+            try buffers.batch.withUnsafeBytes { raw in
+                let run = UnsafeRawBufferPointer(rebasing: raw[(r * slot)..<(r * slot + bytes)])
+                // A fresh target reads zeroes everywhere already: its all-zero 4 KiB blocks stay
+                // holes, so a chunk holding one small write is as sparse as on the source. In
+                // place, the target's old bytes must be overwritten, zeroes included.
+                if inPlace { try target.write(run, at: offset) } else { try Self.writeSkippingZeroBlocks(run, at: offset, to: target) }
+            }
             counters.written.add(end - r, ordering: .relaxed)
             counters.bytesWritten.add(UInt64(bytes), ordering: .relaxed)
         }
