@@ -35,9 +35,11 @@ public struct BackupSummary: Codable, Sendable {
     public var fullReason: String?
     /// The consistency group (the VM's disks checkpointed at one instant), if any.
     public var group: String?
+    /// What went wrong after the snapshot was saved (it is saved all the same).
+    public var warnings: [String] = []
 
     enum CodingKeys: String, CodingKey {
-        case type, snapshot, disk, mode, parent, seconds, group
+        case type, snapshot, disk, mode, parent, seconds, group, warnings
         case changeID = "change_id", diskSize = "disk_size", bytesRead = "bytes_read", chunksNew = "chunks_new"
         case chunksReused = "chunks_reused", chunksZero = "chunks_zero", chunksCarried = "chunks_carried"
         case chunksHealed = "chunks_healed", bytesStored = "bytes_stored", fullReason = "full_reason"
@@ -88,6 +90,7 @@ public final class BackupJob: Sendable {
             session.abort()
             throw error
         }
+        var summary: BackupSummary
         do {
             var fullReason: String?
             if case .everything(let reason) = session.changes {
@@ -106,15 +109,24 @@ public final class BackupJob: Sendable {
             if plan.healedChunks > 0 {
                 logger.notice("re-reading \(plan.healedChunks) chunk\(plan.healedChunks == 1 ? "" : "s") missing from the repository (healing)")
             }
-            let summary = try execute(plan, session: session, base: base, writer: writer, fullReason: fullReason,
-                                      started: started, progress: progress)
-            try session.commit()
-            return summary
+            summary = try execute(plan, session: session, base: base, writer: writer, fullReason: fullReason,
+                                  started: started, progress: progress)
         } catch {
             writer.abandon()
             session.abort()
             throw error
         }
+        // The snapshot is committed (its record is the one commit point): a source that cannot
+        // be told so (the filter died just now) does not make the backup a failure. Its
+        // checkpoint stays open and the next backup releases it; nothing is lost.
+        do {
+            try session.commit()
+        } catch {
+            let warning = "snapshot \(summary.snapshot) is saved, but \((error as? AgentError)?.message ?? "\(error)"); the next backup of disk \(settings.disk) releases the checkpoint (nothing is lost)"
+            logger.warning("\(warning)")
+            summary.warnings.append(warning)
+        }
+        return summary
     }
 
     /// Reads and stores the planned chunks, then commits the snapshot.

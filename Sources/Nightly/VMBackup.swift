@@ -103,6 +103,7 @@ struct VMBackup {
                     report.disks[index].bytesRead = summary.bytesRead
                     report.disks[index].bytesStored = summary.bytesStored
                     report.disks[index].seconds = summary.seconds
+                    report.warnings += summary.warnings
                 } catch {
                     // The job aborted its session (the checkpoint released with abort) unless it
                     // failed before taking it over; `releaseOpen` below covers that case.

@@ -142,3 +142,49 @@ struct InProcessJobTests {
         #expect(try Repository.open(store: store).snapshots().count == 2)
     }
 }
+
+/// A scan whose session cannot be told that its snapshot was committed (the filter died
+/// between the snapshot record and RELEASE).
+struct UnreleasableSource: ChangeSource {
+    let base: ScanChangeSource
+
+    struct Session: ChangeSession {
+        let inner: any ChangeSession
+        var reader: any DiskSource { inner.reader }
+        var kind: ChangeSourceKind { inner.kind }
+        var changeID: String? { "G/2" }
+        var group: String? { nil }
+        var changes: ChangeSet { inner.changes }
+        func commit() throws {
+            throw AgentError(.filter, "releasing checkpoint G/2 of disk d failed: cannot reach the filter's control endpoint")
+        }
+        func abort() {}
+    }
+
+    func begin(base backup: BackupBase?, chunkSize: Int, fullRead: Bool, logger: Logger) throws -> any ChangeSession {
+        Session(inner: try base.begin(base: backup, chunkSize: chunkSize, fullRead: fullRead, logger: logger))
+    }
+}
+
+extension InProcessJobTests {
+    /// Found by Tools/torture: a backup whose snapshot is committed is a success even if the
+    /// source cannot be released afterwards (it exited 1 and scripts counted a saved snapshot
+    /// as a failure). The summary says what happened; the snapshot restores.
+    @Test func aSnapshotSavedBeforeTheReleaseFailedIsASuccessWithAWarning() throws {
+        let dir = try TemporaryDirectory("inprocess-unreleased")
+        let (store, repo) = try AgentStore.local.makeRepository(dir)
+        var rng = SeededGenerator(seed: 33)
+        let diskPath = dir.file("disk.raw")
+        _ = try Self.makeDisk(diskPath, rng: &rng)
+        let summary = try backup(repo, UnreleasableSource(base: ScanChangeSource(path: diskPath)))
+        #expect(summary.warnings.count == 1 && summary.warnings[0].contains("snapshot \(summary.snapshot) is saved"))
+        #expect(summary.warnings[0].contains("cannot reach the filter's control endpoint"))
+        let reader = try Repository.open(store: store)
+        let record = try RepositoryAccess.resolve(reader, "latest", disk: "d")
+        #expect(record.id == summary.snapshot && record.changeID == "G/2")
+        let out = dir.file("out.raw")
+        let target = try RestoreTarget.prepare(path: out, format: .raw, size: record.diskSize, mode: .create)
+        _ = try RestoreJob(repository: reader, snapshot: record, map: try RepositoryAccess.readMap(reader, record)).run(into: target)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: out)) == Data(contentsOf: URL(fileURLWithPath: diskPath)))
+    }
+}

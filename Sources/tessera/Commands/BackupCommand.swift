@@ -69,6 +69,7 @@ struct BackupCommand: ParsableCommand {
         if json { Output.json(summary); return }
         print("snapshot \(summary.snapshot) of disk \(summary.disk) saved (\(summary.mode.rawValue))")
         if let reason = summary.fullReason { print("  full read because \(reason)") }
+        for warning in summary.warnings { print("  warning        \(warning)") }
         if let c = summary.changeID { print("  change ID      \(c)") }
         print("  read           \(Output.bytes(summary.bytesRead)) of \(Output.bytes(summary.diskSize))")
         print("  chunks         \(summary.chunksNew) new, \(summary.chunksReused) reused, \(summary.chunksZero) zero, \(summary.chunksCarried) carried over")
