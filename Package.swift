@@ -54,6 +54,10 @@ let package = Package(
                           path: "Tools/microbench"),
         .executableTarget(name: "tracker-torture", dependencies: ["ChangeTracking", "TrackerControl", "BlockIO"],
                           path: "Tools/tracker-torture"),
+        // One function per parser of outside bytes: run by the fuzzer (Tools/fuzz) and by FuzzRegressionTests.
+        .target(name: "FuzzTargets", dependencies: [
+            "NBD", "Filter", "TrackerControl", "BlockIO", "ChangeTracking", "BackupRepository", "Codecs", "Nightly", nioCore,
+        ], path: "Tools/fuzz-targets/FuzzTargets"),
         .executableTarget(name: "make-fixtures", dependencies: ["BackupRepository", "Codecs", "BlockIO"],
                           path: "Tools/make-fixtures"),
 
@@ -69,6 +73,7 @@ let package = Package(
         .testTarget(name: "FilterTests", dependencies: ["Filter", "ChangeTracking", "TrackerControl", "NBD", "BlockIO", "TestSupport", nioCore]),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "BackupRepository", "TrackerControl", "BlockIO", "Workers", "TestSupport", logging]),
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
         // A real QEMU guest on the filter (TESSERA_VM_TESTS=1, on by default in Tools/test).
         .testTarget(name: "GuestTests", dependencies: ["TestSupport"]),
@@ -76,6 +81,11 @@ let package = Package(
         .testTarget(name: "TesseraCommandTests", dependencies: ["tessera", argumentParser]),
     ]
 )
+
+// MARK: - Fuzzing: the libFuzzer driver needs -sanitize=fuzzer, so it exists only under TESSERA_FUZZ=1 (Tools/fuzz)
+if Context.environment["TESSERA_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(name: "tessera-fuzz", dependencies: ["FuzzTargets"], path: "Tools/fuzz-targets/Driver"))
+}
 
 for target in package.targets where [.regular, .executable, .test].contains(target.type) {
     target.swiftSettings = (target.swiftSettings ?? []) + [

@@ -120,6 +120,11 @@ struct ActivityLog: ~Copyable {
     static func read(_ path: String) throws(FormatProblem) -> Contents {
         let bytes: [UInt8]
         do { bytes = try DurableFile.read(path) } catch { throw FormatProblem("the activity log cannot be read: \(error)") }
+        return try decode(bytes)
+    }
+
+    /// Checks the header of a whole log file's bytes, then classifies every slot.
+    static func decode(_ bytes: [UInt8]) throws(FormatProblem) -> Contents {
         guard bytes.count >= 56 else { throw FormatProblem("the activity log header is truncated") }
         guard Array(bytes[0..<8]) == magic else { throw FormatProblem("the activity log has a bad magic number") }
         var r = ByteReader(bytes, offset: 8)

@@ -128,7 +128,8 @@ enum StateFile {
               blockCount == UInt64(DirtyMap.blockCount(diskSize: diskSize, granularity: granularity)) else {
             throw FormatProblem("the state file's disk size \(diskSize) and block count \(blockCount) disagree")
         }
-        guard lastClosed >= baseSequence, lastClosed + 1 - baseSequence <= DirtyMap.maximumRelativeEpoch else {
+        // Subtract first: `lastClosed + 1` overflows for a stored UInt64.max (found by Tools/fuzz).
+        guard lastClosed >= baseSequence, lastClosed - baseSequence < DirtyMap.maximumRelativeEpoch else {
             throw FormatProblem("the state file's sequences are out of range (base \(baseSequence), last closed \(lastClosed))")
         }
         guard reasonLength <= maximumReasonLength else { throw FormatProblem("the state file's reason text is too long") }

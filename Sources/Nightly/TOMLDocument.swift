@@ -21,6 +21,7 @@ public struct TOMLDocument: Sendable {
 
     /// - Throws: `ConfigError` with the line of the syntax error.
     public init(text: String, file: String) throws {
+        try Self.checkTableHeaders(text, file: file)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -29,6 +30,25 @@ public struct TOMLDocument: Sendable {
         }
         root = Self.values(of: table)
         lines = TOMLLineMap.scan(text)
+    }
+
+    /// Refuses a table header whose name starts with a character no key starts with (`[é]`,
+    /// `[#]`, `[[!x]]`) before toml++ sees it: toml++ 3 asserts there (found by Tools/fuzz),
+    /// which aborts a debug build and is undefined behaviour (an assumed condition) in a release one.
+    static func checkTableHeaders(_ text: String, file: String) throws {
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var rest = line.unicodeScalars.drop { $0 == " " || $0 == "\t" }
+            guard rest.first == "[" else { continue }
+            rest = rest.dropFirst()
+            if rest.first == "[" { rest = rest.dropFirst() }
+            // The end of the line right after the brackets (`[[`) trips the same assertion.
+            let c = rest.first(where: { $0 != " " && $0 != "\t" })
+            let startsKey = c.map { (($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || "-_\"']".unicodeScalars.contains($0)) } ?? false
+            guard startsKey else {
+                throw ConfigError(file: file, line: index + 1, key: nil,
+                                  message: "not valid TOML: a table name starts with an ASCII letter, digit, '-', '_' or a quote (found \(c.map { "\"\($0)\"" } ?? "the end of the line"))")
+            }
+        }
     }
 
     private static func values(of table: TOMLTable) -> [String: Value] {
