@@ -87,6 +87,11 @@ extension FilteredDisk {
         // The tracker folds the held marks back in memory even if it cannot save that.
         try? tracker.release(commit: false)
         try? overlay.destroy()
+        forgetCheckpoint()
+    }
+
+    /// Drops everything that described the open checkpoint (its overlay is destroyed already).
+    private func forgetCheckpoint() {
         overlayBox.withLock { $0 = nil }
         owner.withLock { $0 = nil }
         checkpointGroup.withLock { $0 = nil }
@@ -151,12 +156,7 @@ extension FilteredDisk {
                 try tracker.persist()
             }
             try overlay.destroy()
-            overlayBox.withLock { $0 = nil }
-            owner.withLock { $0 = nil }
-            checkpointGroup.withLock { $0 = nil }
-            readableCheckpoint.withLock { $0 = nil }
-            unlink(ownerPath)
-            unlink(groupPath)
+            forgetCheckpoint()
         }
     }
 }
