@@ -137,6 +137,15 @@ extension RunConfig {
         func fail(_ key: String, _ message: String) -> ConfigError {
             ConfigError(file: file, line: document.lines[key], key: key, message: message)
         }
+        // The night's outputs: a typo here would only show after every backup had run.
+        for (key, path) in [("run.metrics", run.metrics), ("run.report", run.report)] {
+            guard let path else { continue }
+            let folder = DurableFile.parentDirectory(of: path)
+            var isFolder: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
+                throw fail(key, "the folder \(folder) does not exist; create it, or correct the path")
+            }
+        }
         var seen: [FileIdentity: String] = [:]
         for (v, vm) in vms.enumerated() {
             for (d, disk) in vm.disks.enumerated() {

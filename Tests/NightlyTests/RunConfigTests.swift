@@ -102,6 +102,9 @@ struct RunConfigTests {
             (good.replacingOccurrences(of: "a.raw\"", with: "missing.raw\""), 8, "cannot be opened"),
             (good + "\n[[vm]]\nname = \"b\"\n[[vm.disk]]\nname = \"b0\"\npath = \"\(dir.file("alias.raw"))\"\n", 13, "same file as disk 'a0'"),
             (good.replacingOccurrences(of: "/bin/true", with: "/no/such/program"), 3, "not an executable"),
+            // A typo in the metrics folder would only show after every backup of the night.
+            (good.replacingOccurrences(of: "[hooks]", with: "[run]\nmetrics = \"/var/lib/prometheus/node-exporter-typo/t.prom\"\n[hooks]"),
+             3, "the folder /var/lib/prometheus/node-exporter-typo does not exist"),
         ] as [(String, Int, String)] {
             do {
                 _ = try load(text)
