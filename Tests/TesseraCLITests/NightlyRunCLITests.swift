@@ -498,4 +498,33 @@ final class Night {
         #expect(plan.stdout.contains("disk pull: changes from nbd, nbd+unix:///?socket=\(sock), bitmap nightly"))
         #expect(plan.stdout.contains("NBD-bitmap disks are not checkpointed with its filter disks"))
     }
+
+    /// The metrics folder is full: the backups are saved all the same, the old metrics file
+    /// is left whole (never half a file for node_exporter), and the run says so (exit 3).
+    @Test func aFullMetricsFolderLosesNoBackupAndLeavesTheOldFileWhole() throws {
+        let night = try Night("night-full")
+        let a = try night.disk("a")
+        let fs = try SmallFileSystem(bytes: 1 << 20)
+        let metrics = fs.file("tessera.prom")
+        try night.writeConfig("""
+            [run]
+            metrics = "\(metrics)"
+            \(Night.vm("vm", disks: [("a", a)]))
+            """)
+        try night.startFilter()
+        try night.write("a", offset: 0, length: 1 << 20, pattern: 5)
+        #expect(try night.run().result.status == 0)
+        let before = try String(contentsOfFile: metrics, encoding: .utf8)
+        _ = try fs.fill()
+        try night.write("a", offset: 4 << 20, length: 64 << 10, pattern: 6)
+        let (result, report) = try night.run()
+        fs.unfill()
+        #expect(result.status == 3)
+        #expect((report["errors"] as? [String])?.contains { $0.contains("cannot write the metrics to \(metrics)") } == true, "\(report)")
+        let disk = Night.disks(Night.vms(report)["vm"])["a"]
+        #expect(Night.vms(report)["vm"]?["status"] as? String == "ok")
+        #expect(try night.restored(disk?["snapshot"] as? String ?? "") == Data(contentsOf: URL(fileURLWithPath: a)))
+        #expect(try String(contentsOfFile: metrics, encoding: .utf8) == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fs.path).filter { $0.contains(".tmp") }.isEmpty)
+    }
 }
