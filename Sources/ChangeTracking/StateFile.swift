@@ -142,7 +142,8 @@ enum StateFile {
         let reason = String(decoding: try r.take(reasonLength), as: UTF8.self)
         let tags = Array(try r.take(Int(blockCount)))
         // With a checkpoint open, tags stop at the closed epoch; otherwise at the current one.
-        let maximumTag = UInt8(lastClosed + (checkpointOpen ? 0 : 1) - baseSequence)
+        // Relative first, like the guard above: `lastClosed + 1` overflows for UInt64.max (Tools/fuzz).
+        let maximumTag = UInt8(lastClosed - baseSequence + (checkpointOpen ? 0 : 1))
         guard !tags.contains(where: { $0 > maximumTag }) else {
             throw FormatProblem("the state file has block tags newer than its last epoch")
         }
