@@ -15,6 +15,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "tessera", targets: ["tessera"]),
+        // Test-only: an LD_PRELOAD library that makes one file-system call fail (StorageFaultTests).
+        .library(name: "TesseraFaults", type: .dynamic, targets: ["TesseraFaults"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.0"),
@@ -58,6 +60,7 @@ let package = Package(
         .target(name: "FuzzTargets", dependencies: [
             "NBD", "Filter", "TrackerControl", "BlockIO", "ChangeTracking", "BackupRepository", "Codecs", "Nightly", nioCore,
         ], path: "Tools/fuzz-targets/FuzzTargets"),
+        .target(name: "TesseraFaults", path: "Tools/faults/TesseraFaults"),
         .executableTarget(name: "make-fixtures", dependencies: ["BackupRepository", "Codecs", "BlockIO"],
                           path: "Tools/make-fixtures"),
 
@@ -75,6 +78,8 @@ let package = Package(
         .testTarget(name: "NightlyTests", dependencies: ["Nightly", "BackupRepository", "TestSupport"]),
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets", "TestSupport"]),
         .testTarget(name: "TesseraCLITests", dependencies: ["TestSupport", "BlockIO"]),
+        // The real binary with libTesseraFaults.so preloaded (built with every product, never linked in).
+        .testTarget(name: "StorageFaultTests", dependencies: ["TestSupport"]),
         // A real QEMU guest on the filter (TESSERA_VM_TESTS=1, on by default in Tools/test).
         .testTarget(name: "GuestTests", dependencies: ["TestSupport"]),
         // Parses every command line in-process (`@testable import tessera`); runs nothing.

@@ -112,7 +112,8 @@ final class PackSink {
 
     init(_ stream: any ObjectStream) throws {
         self.stream = stream
-        try write(PackFile.header())
+        // No owner holds the sink yet if the header fails: remove its temp object here.
+        do { try write(PackFile.header()) } catch { stream.discard(); throw error }
     }
 
     private func write(_ bytes: [UInt8]) throws {

@@ -40,7 +40,15 @@ public enum Pruner {
         }
         let walk = try ReferenceWalk.walk(repo, cancellation: cancellation)
         guard walk.isComplete else {
-            throw RepositoryError(.damaged, "prune refuses to run: some snapshots, disk maps or map pages are damaged, so it cannot tell what they need; run `tessera check`, then `tessera repair snapshots --forget`")
+            // An object that could not be read is not damaged: advising to forget snapshots
+            // because of a passing I/O error would throw good backups away.
+            let failures = walk.failures
+            if let (object, e) = failures.first(where: { $0.error.code == .io }) {
+                throw RepositoryError(.io, "prune cannot read \(object): \(e.message); nothing was deleted; fix the storage and run prune again",
+                                      object: object, cause: e)
+            }
+            let named = failures.first.map { " (\($0.object): \(RepositoryChecker.why($0.error)))" } ?? ""
+            throw RepositoryError(.damaged, "prune refuses to run: some snapshots, disk maps or map pages are damaged\(named), so it cannot tell what they need; run `tessera check`, then `tessera repair snapshots --forget`")
         }
         if let missing = walk.chunks.first(where: { repo.location(of: $0) == nil }) {
             throw RepositoryError(.notFound, "prune refuses to run: chunk \(missing), which a snapshot needs, is in no index (lost index file, or set aside and not healed yet); run `tessera check`, then `tessera repair index` or a backup",

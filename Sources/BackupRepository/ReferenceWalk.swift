@@ -79,6 +79,13 @@ struct ReferenceWalk {
             && pages.values.allSatisfy { if case .success = $0 { true } else { false } }
     }
 
+    /// Every object the walk could not read, with why: records, then maps, then pages.
+    var failures: [(object: String, error: RepositoryError)] {
+        damagedRecords.map { ("snapshot \($0.id)", $0.error) }
+            + maps.compactMap { id, r in if case .failure(let e) = r { ("disk map \(id)", e) } else { nil } }
+            + pages.compactMap { id, r in if case .failure(let e) = r { ("map page \(id)", e) } else { nil } }
+    }
+
     /// The snapshots whose map is `map`, with the whole disk as the range.
     func damage(ofMap map: DiskMapID) -> [SnapshotDamage] {
         records.filter { $0.diskMap == map }.map {

@@ -483,10 +483,13 @@ public final class Repository: Sendable {
         RepositoryWriter(repository: self, packTargetSize: min(max(packTargetSize, 1), 1 << 30))
     }
 
-    /// Every lock file, stale or not (unreadable lock files are skipped).
+    /// Every lock file, stale or not. A lock removed since the listing is skipped, and so is
+    /// one that does not decode (locks are written whole, by rename: such a file was never a
+    /// lock). A lock that cannot be read throws: skipping it could let two writers in at once.
     public func locks() throws -> [LockInfo] {
         try store.list(.lock).compactMap { key in
-            guard let bytes = try? store.get(key) else { return nil }
+            let bytes: [UInt8]
+            do { bytes = try store.get(key) } catch let e as RepositoryError where e.code == .notFound { return nil }
             return try? JSONEnvelope.decoder().decode(LockInfo.self, from: Data(bytes))
         }
     }
@@ -501,7 +504,11 @@ public final class Repository: Sendable {
         try store.put(key, Array(JSONEnvelope.encoder().encode(info)), syncNow: true)
         // Write first, then look: two racing lockers both see each other and at least one
         // backs off (restic's scheme). Both backing off is safe; both proceeding is not.
-        let others = try locks().filter { $0.id != info.id && !$0.isStale(now: now) }
+        let others: [LockInfo]
+        do { others = try locks().filter { $0.id != info.id && !$0.isStale(now: now) } } catch {
+            try? store.delete(key)
+            throw error
+        }
         if let conflict = others.first(where: { kind == .exclusive || $0.kind == .exclusive }) {
             try? store.delete(key)
             throw RepositoryError(.locked, "the repository is locked: \(conflict.summary); wait for it to finish, or if that process is gone run `tessera unlock`",

@@ -159,7 +159,7 @@ public enum RepositoryChecker {
         // Chunks whose damage needs mapping back through the disk maps.
         var needDamage = Set<ChunkID>()
         for r in results {
-            for e in r.lost + r.damaged.map({ $0.0 }) + r.others + r.disagree { needDamage.insert(e.chunk) }
+            for e in r.lost + r.unreadable + r.damaged.map({ $0.0 }) + r.others + r.disagree { needDamage.insert(e.chunk) }
         }
         let unindexed = walk.chunks.filter { repo.location(of: $0) == nil }
         needDamage.formUnion(unindexed)
@@ -170,13 +170,14 @@ public enum RepositoryChecker {
         var toSetAside: [(chunk: ChunkID, pack: PackID, offset: UInt64)] = []
         for r in results {
             if let problem = r.problem {
-                let unreadable = r.lost + r.disagree
+                let unreadable = r.lost + r.disagree + r.unreadable
                 let concerned = unreadable.isEmpty ? r.others : unreadable
                 let d = damageOf(concerned)
                 if d.isEmpty {
                     summary.unusedDamaged += 1
                 } else {
-                    findings.append(CheckFinding(kind: .pack, object: "pack \(r.id)", problem: problem, lost: !unreadable.isEmpty,
+                    // Unread for an I/O error is not known lost: a warning, and nothing set aside.
+                    findings.append(CheckFinding(kind: .pack, object: "pack \(r.id)", problem: problem, lost: !(r.lost + r.disagree).isEmpty,
                                                  damage: d, setAside: !r.lost.isEmpty && options.setAside))
                 }
                 toSetAside += r.lost.map { ($0.chunk, $0.pack, $0.offset) }
@@ -287,6 +288,8 @@ public enum RepositoryChecker {
         var lost: [IndexEntry] = []
         /// Indexed chunks that read but whose pack is damaged elsewhere (trailer, hash).
         var others: [IndexEntry] = []
+        /// Indexed chunks of a pack that an I/O error kept from being read (not set aside).
+        var unreadable: [IndexEntry] = []
         /// Indexed chunks the trailer places elsewhere (the index may point at wrong bytes).
         var disagree: [IndexEntry] = []
         /// Indexed chunks that failed verification (read-data).
@@ -340,6 +343,13 @@ public enum RepositoryChecker {
                 r.read = true
                 r.size = UInt64(bytes.count)
             }
+        } catch let e as RepositoryError where e.code == .io {
+            // An I/O error is not damage: the bytes may be fine once the storage recovers.
+            // Setting the chunks aside would make good snapshots wait for a re-backup (or be
+            // lost if the disk changed since), so nothing is set aside.
+            r.problem = "cannot be read (\(e.message)); nothing was set aside: check the storage, then run check again"
+            r.unreadable = entries
+            return r
         } catch let e as RepositoryError {
             r.problem = "cannot be read (\(e.message)); check the storage"
             r.lost = entries
@@ -360,6 +370,8 @@ public enum RepositoryChecker {
             } else {
                 r.trailer = try PackScan.trailer(of: id, size: r.size, in: repo.store)
             }
+        } catch let e as RepositoryError where e.code == .io {
+            problems.append("its trailer cannot be read (\(e.message)); check the storage, then run check again")
         } catch let e as RepositoryError {
             if r.lost.isEmpty {
                 problems.append("its trailer is damaged (\(why(e))); its chunks still read, but an index rebuild could not find them: run `tessera prune` to rewrite it")
