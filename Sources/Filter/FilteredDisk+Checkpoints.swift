@@ -31,6 +31,10 @@ extension FilteredDisk {
         for d in ordered { d.releaseGate.lock() }
         defer { for d in ordered.reversed() { d.releaseGate.unlock() } }
         if let closing = ordered.first(where: { $0.closing.load(ordering: .acquiring) }) { throw closing.shuttingDown() }
+        // A release cut short by a storage fault left its overlay merging: finish it first
+        // (before the I/O locks: the merge takes each one per batch), or no checkpoint could
+        // ever be taken again until a restart.
+        for d in ordered { try d.finishInterruptedRelease() }
         return try holdExclusive(ordered[...]) {
             var taken: [(FilteredDisk, Overlay)] = []
             do {
@@ -115,6 +119,11 @@ extension FilteredDisk {
         guard let overlay else {
             throw FilterError(.noCheckpoint, "disk \(name) has no open checkpoint to release")
         }
+        // A release that failed halfway (a full or failing state directory) is finished, as it
+        // began: the caller's commit or abort was recorded with it.
+        if overlay.isMerging {
+            return try finishMerge(overlay, commit: overlay.releaseCommit, releaseTracker: true)
+        }
         // From here the base stops being the checkpoint: its readers get errors, not bytes.
         let frozen = io.withExclusive { readableCheckpoint.withLock { id in defer { id = nil }; return id } }
         do {
@@ -125,6 +134,13 @@ extension FilteredDisk {
             throw error
         }
         try finishMerge(overlay, commit: commit, releaseTracker: true)
+    }
+
+    /// Finishes a release that failed halfway, so a new checkpoint can be taken; call with
+    /// the release gate held (the checkpoint path holds it).
+    private func finishInterruptedRelease() throws {
+        guard let overlay, overlay.isMerging else { return }
+        try finishMerge(overlay, commit: overlay.releaseCommit, releaseTracker: true)
     }
 
     func shuttingDown() -> FilterError {

@@ -297,12 +297,17 @@ final class Overlay: Sendable {
         let upTo = state.withLock { $0.recordCount }
         try dataFile.syncData()
         try state.withLock { (s: inout State) throws in
+            try mapFile.syncData()
+            let flushed = max(s.flushedRecords, upTo)
+            try writeHeader(flushedRecords: flushed, merging: true, releaseCommit: commit)
+            try mapFile.syncData()
+            s.flushedRecords = flushed
+            // Merging only once that is durable: a merging overlay lets writes through to the
+            // base, which must stay the checkpoint while a failed release reports "nothing merged".
+            // (A header that reached the disk without its sync only makes a crash recovery merge,
+            // which is what the live disk needs anyway.)
             s.merging = true
             s.releaseCommit = commit
-            try mapFile.syncData()
-            s.flushedRecords = max(s.flushedRecords, upTo)
-            try writeHeader(flushedRecords: s.flushedRecords, merging: true, releaseCommit: commit)
-            try mapFile.syncData()
         }
     }
 

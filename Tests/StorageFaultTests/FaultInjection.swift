@@ -86,12 +86,21 @@ struct FaultInjection {
         }
     }
 
-    /// Every fault to try for `counts`: each kind at every step it has, with each of its errors.
-    static func plan(_ counts: [String: Int], kinds: [Kind] = Kind.all) -> [Fault] {
-        kinds.flatMap { kind in
-            (1...max(1, counts[kind.name] ?? 0)).flatMap { step in
-                kind.errors.map { Fault(kind: kind, step: step, errno: $0) }
+    /// TESSERA_LONG=1 (`Tools/test --long`): every step with every error of its kind.
+    static var exhaustive: Bool { ProcessInfo.processInfo.environment["TESSERA_LONG"] == "1" }
+
+    /// The faults to try for `counts`. Exhaustive: each kind at every step it has, with each
+    /// of its errors. Otherwise (the default suite, kept short): every step of a kind with at
+    /// most `sample` steps, else `sample` steps spread evenly from the first to the last, the
+    /// errors taking turns.
+    static func plan(_ counts: [String: Int], kinds: [Kind] = Kind.all, exhaustive: Bool = exhaustive, sample: Int = 12) -> [Fault] {
+        kinds.flatMap { kind -> [Fault] in
+            let n = max(1, counts[kind.name] ?? 0)
+            if exhaustive {
+                return (1...n).flatMap { step in kind.errors.map { Fault(kind: kind, step: step, errno: $0) } }
             }
+            let steps = n <= sample ? Array(1...n) : Array(Set((0..<sample).map { 1 + $0 * (n - 1) / (sample - 1) })).sorted()
+            return steps.map { Fault(kind: kind, step: $0, errno: kind.errors[$0 % kind.errors.count]) }
         }
     }
 
