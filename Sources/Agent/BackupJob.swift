@@ -11,6 +11,9 @@ public struct BackupSettings: Sendable {
     /// Read the whole disk even if an incremental is possible.
     public var fullRead = false
     public var workers = ProcessInfo.processInfo.activeProcessorCount
+    /// Read the live disk in passes and take the checkpoint only for the last small delta
+    /// (sources that can: the filter); nil holds the checkpoint for the whole backup.
+    public var convergence: Convergence? = .default
 
     public init(disk: String) { self.disk = disk }
 }
@@ -37,9 +40,17 @@ public struct BackupSummary: Codable, Sendable {
     public var group: String?
     /// What went wrong after the snapshot was saved (it is saved all the same).
     public var warnings: [String] = []
+    /// The passes over the live disk before the checkpoint (converging), and why they stopped.
+    public var passes: [BackupPass] = []
+    public var convergence: String?
+    /// How long the checkpoint was held: from taking it to its release (filter backups).
+    public var checkpointSeconds: Double?
+    /// What the checkpoint's overlay held at its release: the VM's writes it copied.
+    public var overlayBytes: UInt64?
 
     enum CodingKeys: String, CodingKey {
-        case type, snapshot, disk, mode, parent, seconds, group, warnings
+        case type, snapshot, disk, mode, parent, seconds, group, warnings, passes, convergence
+        case checkpointSeconds = "checkpoint_seconds", overlayBytes = "overlay_bytes"
         case changeID = "change_id", diskSize = "disk_size", bytesRead = "bytes_read", chunksNew = "chunks_new"
         case chunksReused = "chunks_reused", chunksZero = "chunks_zero", chunksCarried = "chunks_carried"
         case chunksHealed = "chunks_healed", bytesStored = "bytes_stored", fullReason = "full_reason"
@@ -82,18 +93,41 @@ public final class BackupJob: Sendable {
         let (base, baseNote) = RepositoryAccess.newestUsableBase(repository, disk: settings.disk)
         if let baseNote { logger.notice("\(baseNote)") }
         try cancellation?.check()
-        let session = try source.begin(base: base, chunkSize: chunkSize, fullRead: settings.fullRead, logger: logger)
-        let writer: RepositoryWriter
+        let writer = try RepositoryAccess.writer(repository)
+        let counters = PipelineCounters()
+        let report = { @Sendable in
+            progress(BackupProgress(bytesDone: counters.bytesRead.load(ordering: .relaxed),
+                                    bytesPlanned: counters.bytesPlanned.load(ordering: .relaxed),
+                                    seconds: Date().timeIntervalSince(started)))
+        }
+        let ticker = Ticker(every: 0.5, name: "tessera-progress", report)
+        defer { ticker.stop() }
+
+        // Converging: the live disk is read in passes first; the checkpoint covers the rest.
+        var precopy: Precopy?
+        if let converging = source as? any ConvergingSource, converging.canConverge, let policy = settings.convergence {
+            do {
+                precopy = try converge(converging, base: base, policy: policy, writer: writer, counters: counters)
+            } catch {
+                writer.abandon()
+                throw error
+            }
+        }
+        let checkpointTaken = Date()
+        let session: any ChangeSession
         do {
-            writer = try RepositoryAccess.writer(repository)
+            session = try source.begin(base: precopy?.base ?? base, chunkSize: chunkSize, fullRead: precopy == nil && settings.fullRead,
+                                       logger: logger)
         } catch {
-            session.abort()
+            writer.abandon()
             throw error
         }
         var summary: BackupSummary
         do {
             var fullReason: String?
-            if case .everything(let reason) = session.changes {
+            if let precopy {
+                fullReason = precopy.fullReason.map { base == nil ? (baseNote ?? $0) : $0 }
+            } else if case .everything(let reason) = session.changes {
                 fullReason = base == nil ? (baseNote ?? reason) : reason
             }
             if let fullReason { logger.info("full read: \(fullReason)") }
@@ -104,13 +138,15 @@ public final class BackupJob: Sendable {
             } else {
                 allocated = []
             }
-            let plan = try BackupPlan.make(diskSize: reader.size, chunkSize: chunkSize, base: base, changes: session.changes,
-                                           allocated: allocated, isStored: { self.repository.contains($0) })
+            let plan = try BackupPlan.make(diskSize: reader.size, chunkSize: chunkSize, base: precopy?.base ?? base, changes: session.changes,
+                                           allocated: allocated, isStored: { writer.holds($0) })
             if plan.healedChunks > 0 {
                 logger.notice("re-reading \(plan.healedChunks) chunk\(plan.healedChunks == 1 ? "" : "s") missing from the repository (healing)")
             }
-            summary = try execute(plan, session: session, base: base, writer: writer, fullReason: fullReason,
-                                  started: started, progress: progress)
+            summary = try execute(plan, session: session, parent: base, precopy: precopy, writer: writer, counters: counters,
+                                  fullReason: fullReason, started: started)
+            report()
+            summary.overlayBytes = session.overlayBytes()
         } catch {
             writer.abandon()
             session.abort()
@@ -126,24 +162,93 @@ public final class BackupJob: Sendable {
             logger.warning("\(warning)")
             summary.warnings.append(warning)
         }
+        if session.changeID != nil { summary.checkpointSeconds = Date().timeIntervalSince(checkpointTaken) }
         return summary
     }
 
-    /// Reads and stores the planned chunks, then commits the snapshot.
-    private func execute(_ plan: BackupPlan, session: any ChangeSession, base: BackupBase?, writer: RepositoryWriter,
-                         fullReason: String?, started: Date,
-                         progress: @escaping @Sendable (BackupProgress) -> Void) throws -> BackupSummary {
-        let counters = PipelineCounters()
-        counters.bytesPlanned.store(plan.bytesToRead, ordering: .relaxed)
-        let report = { @Sendable in
-            progress(BackupProgress(bytesDone: counters.bytesRead.load(ordering: .relaxed),
-                                    bytesPlanned: counters.bytesPlanned.load(ordering: .relaxed),
-                                    seconds: Date().timeIntervalSince(started)))
+    /// vMotion's pre-copy applied to a backup (see `ConvergingSource`): passes over the live
+    /// disk, each reading what the one before left behind, until what is left is small (by
+    /// bytes, or by time at the last pass's speed), the pass limit is reached, or a pass does
+    /// not shrink the delta to ¾ of what it read: the disk is written about as fast as it is
+    /// read, and more passes would not help (the checkpoint then reads that delta).
+    private func converge(_ source: any ConvergingSource, base: BackupBase?, policy: Convergence, writer: RepositoryWriter,
+                          counters: PipelineCounters) throws -> Precopy {
+        let chunkSize = repository.config.chunkSize
+        let live = try source.liveReader()
+        var out = Precopy()
+        var mark = try source.mark(logger: logger)
+        var changes = try source.changes(since: base, chunkSize: chunkSize, fullRead: settings.fullRead, size: live.size)
+        if case .everything(let reason) = changes {
+            out.firstPassFull = true
+            out.fullReason = reason
         }
-        let ticker = Ticker(every: 0.5, name: "tessera-progress", report)
-        defer { ticker.stop() }
+        var current = base
+        while true {
+            try cancellation?.check()
+            let allocated: [ByteRange]
+            if case .everything = changes {
+                allocated = try live.dataRanges(in: ByteRange(offset: 0, length: live.size))
+            } else {
+                allocated = []
+            }
+            let plan = try BackupPlan.make(diskSize: live.size, chunkSize: chunkSize, base: current, changes: changes,
+                                           allocated: allocated, isStored: { writer.holds($0) })
+            let passStarted = Date()
+            let (map, _) = try fill(plan, from: live, writer: writer, counters: counters)
+            let pass = BackupPass(bytes: plan.bytesToRead, seconds: Date().timeIntervalSince(passStarted))
+            out.passes.append(pass)
+            current = BackupBase(snapshot: Precopy.passRecord(disk: settings.disk, size: live.size, chunkSize: chunkSize, changeID: mark),
+                                 map: map)
+            let next = try source.mark(logger: logger)
+            let delta = try source.changes(since: current, chunkSize: chunkSize, fullRead: false, size: live.size)
+            guard case .since = delta else {
+                out.stop = "the filter cannot say what changed during pass \(out.passes.count)"
+                break
+            }
+            let left = try BackupPlan.make(diskSize: live.size, chunkSize: chunkSize, base: current, changes: delta,
+                                           allocated: [], isStored: { writer.holds($0) }).bytesToRead
+            let rate = pass.seconds > 0 ? Double(pass.bytes) / pass.seconds : .infinity
+            if left <= policy.finalBytes || Double(left) / rate <= policy.finalSeconds {
+                out.stop = "converged: \(left) bytes left for the checkpoint"
+            } else if out.passes.count >= policy.maximumPasses {
+                out.stop = "pass limit (\(policy.maximumPasses)): \(left) bytes left for the checkpoint"
+            } else if out.passes.count >= 2 && left * 4 > pass.bytes * 3 {
+                out.stop = "not converging: \(left) bytes written during a pass that read \(pass.bytes)"
+            }
+            if out.stop != nil { break }
+            mark = next
+            changes = delta
+        }
+        logger.info("\(out.passes.count) pass\(out.passes.count == 1 ? "" : "es") before the checkpoint; \(out.stop ?? "")")
+        out.base = current
+        return out
+    }
+
+    /// A converged backup's figures, counted against the real base rather than the passes'
+    /// stand-in: chunks carried over from the base snapshot, and zero chunks (holes, or chunks
+    /// that became zero since the base); its mode is a full read when its first pass was.
+    private static func countPasses(_ precopy: Precopy, into summary: inout BackupSummary, map: DiskMap, base: DiskMap?) {
+        summary.passes = precopy.passes
+        summary.convergence = precopy.stop
+        if precopy.firstPassFull { summary.mode = .full }
+        summary.chunksCarried = 0
+        summary.chunksZero = 0
+        for i in 0..<map.count {
+            if let id = map[i] {
+                if let base, i < base.count, base[i] == id { summary.chunksCarried += 1 }
+            } else if base.map({ i >= $0.count || $0[i] != nil }) ?? true {
+                summary.chunksZero += 1
+            }
+        }
+    }
+
+    /// Reads the planned chunks from `reader` into the repository and returns the map with
+    /// them filled in, and how many were read.
+    private func fill(_ plan: BackupPlan, from reader: any DiskSource, writer: RepositoryWriter,
+                      counters: PipelineCounters) throws -> (DiskMap, Int) {
+        counters.bytesPlanned.add(plan.bytesToRead, ordering: .relaxed)
         let results = Mutex<[(Int, ChunkID?)]>([])
-        let pipeline = ChunkPipeline(source: session.reader, repository: repository, writer: writer,
+        let pipeline = ChunkPipeline(source: reader, repository: repository, writer: writer,
                                      chunkSize: UInt64(plan.map.chunkSize), workers: settings.workers, counters: counters)
         try pipeline.run(segments: plan.segments, cancellation: cancellation) { index, outcome in
             results.withLock { $0.append((index, outcome.id)) }
@@ -151,10 +256,16 @@ public final class BackupJob: Sendable {
         var map = plan.map
         let read = results.withLock { $0 }
         for (index, id) in read { map[index] = id }
-        report()
+        return (map, read.count)
+    }
+
+    /// Reads and stores the planned chunks, then commits the snapshot.
+    private func execute(_ plan: BackupPlan, session: any ChangeSession, parent base: BackupBase?, precopy: Precopy?,
+                         writer: RepositoryWriter, counters: PipelineCounters, fullReason: String?, started: Date) throws -> BackupSummary {
+        let (map, readCount) = try fill(plan, from: session.reader, writer: writer, counters: counters)
         // The last moment to stop without a snapshot: after this the commit point is written.
         try cancellation?.check()
-        let unread = map.count - read.count
+        let unread = map.count - readCount
         var summary = BackupSummary(
             snapshot: "", disk: settings.disk, mode: session.kind, changeID: session.changeID, parent: base?.snapshot.id,
             diskSize: plan.map.diskSize, bytesRead: counters.bytesRead.load(ordering: .relaxed),
@@ -166,6 +277,7 @@ public final class BackupJob: Sendable {
             chunksHealed: plan.healedChunks,
             bytesStored: counters.bytesStored.load(ordering: .relaxed), seconds: 0, fullReason: fullReason,
             group: session.group)
+        if let precopy { Self.countPasses(precopy, into: &summary, map: map, base: precopy.firstPassFull ? nil : base?.map) }
         summary.snapshot = try RepositoryAccess.commit(writer: writer, map: map, summary: summary, tags: settings.tags,
                                                        chunkSize: plan.map.chunkSize, started: started)
         summary.seconds = Date().timeIntervalSince(started)

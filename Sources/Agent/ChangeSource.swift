@@ -31,6 +31,13 @@ public protocol ChangeSession: Sendable {
     /// The backup failed or was cancelled. Nothing may be lost: the next backup must still
     /// see every change (the filter releases the checkpoint with abort).
     func abort()
+    /// Bytes the checkpoint's overlay holds now (what the VM's writes copied while it was
+    /// open); nil for a source without one.
+    func overlayBytes() -> UInt64?
+}
+
+extension ChangeSession {
+    public func overlayBytes() -> UInt64? { nil }
 }
 
 /// The snapshot a backup builds on.

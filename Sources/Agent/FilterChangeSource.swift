@@ -40,30 +40,36 @@ public struct FilterChangeSource: ChangeSource {
             guard reader.size == checkpoint.size else {
                 throw AgentError(.source, "\(reader.description) is \(reader.size) bytes but the filter serves disk \(disk) as \(checkpoint.size) bytes; is it the same disk?")
             }
-            var reason = fullRead ? "a full read was asked for" : nil
-            var changes: ChangeSet?
-            if reason == nil {
-                reason = base.flatMap { base in
-                    base.mismatch(size: reader.size, chunkSize: chunkSize) ?? (base.snapshot.changeID.flatMap(ChangeID.init) == nil
-                        ? "snapshot \(base.snapshot.id) was not taken through the filter (it holds no change ID)" : nil)
-                } ?? (base == nil ? "no earlier snapshot of disk \(disk) in the repository" : nil)
-            }
-            if reason == nil, let since = base?.snapshot.changeID {
-                do {
-                    let extents = try client.allChanges(disk: disk, since: since)
-                    changes = .since(data: extents.filter { !$0.zero }.map { ByteRange(offset: $0.offset, length: $0.length) },
-                                     zeroed: extents.filter(\.zero).map { ByteRange(offset: $0.offset, length: $0.length) })
-                } catch let e as FilterError where e.code == .fullReadRequired {
-                    reason = "the filter cannot answer what changed since \(since): \(e.message)"
-                }
-            }
-            return FilterSession(control: control, disk: disk, checkpoint: checkpoint, reader: reader,
-                                 changes: changes ?? .everything(reason: reason))
+            let changes = try changes(since: base, chunkSize: chunkSize, fullRead: fullRead, size: reader.size, client: client)
+            return FilterSession(control: control, disk: disk, checkpoint: checkpoint, reader: reader, changes: changes)
         } catch {
             session.abort()
             if let e = error as? FilterError { throw AgentError(.filter, e.message, cause: e) }
             throw error
         }
+    }
+
+    /// What changed since `base`, as the tracker says now: only the changed ranges, or
+    /// everything with the reason an incremental is not possible.
+    private func changes(since base: BackupBase?, chunkSize: Int, fullRead: Bool, size: UInt64,
+                         client: ControlClient) throws -> ChangeSet {
+        var reason = fullRead ? "a full read was asked for" : nil
+        if reason == nil {
+            reason = base.flatMap { base in
+                base.mismatch(size: size, chunkSize: chunkSize) ?? (base.snapshot.changeID.flatMap(ChangeID.init) == nil
+                    ? "snapshot \(base.snapshot.id) was not taken through the filter (it holds no change ID)" : nil)
+            } ?? (base == nil ? "no earlier snapshot of disk \(disk) in the repository" : nil)
+        }
+        if reason == nil, let since = base?.snapshot.changeID {
+            do {
+                let extents = try client.allChanges(disk: disk, since: since)
+                return .since(data: extents.filter { !$0.zero }.map { ByteRange(offset: $0.offset, length: $0.length) },
+                              zeroed: extents.filter(\.zero).map { ByteRange(offset: $0.offset, length: $0.length) })
+            } catch let e as FilterError where e.code == .fullReadRequired {
+                reason = "the filter cannot answer what changed since \(since): \(e.message)"
+            }
+        }
+        return .everything(reason: reason)
     }
 
     /// Takes a checkpoint. One left open by a holder that is gone (a backup that died, a
@@ -133,6 +139,10 @@ struct FilterSession: ChangeSession {
     func abort() {
         _ = try? ControlClient(path: control).release(disk: disk, commit: false)
     }
+
+    func overlayBytes() -> UInt64? {
+        (try? ControlClient(path: control).status(disk: disk).first)?.flatMap { $0.overlayBytes }
+    }
 }
 
 /// A reader for a session that never got as far as opening its disk.
@@ -142,4 +152,37 @@ struct EmptySource: DiskSource {
     var allowsConcurrentReads: Bool { true }
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {}
     func dataRanges(in range: ByteRange) throws -> [ByteRange] { [] }
+}
+
+extension FilterChangeSource: ConvergingSource {
+    public var canConverge: Bool { adopted == nil }
+
+    public func liveReader() throws -> any DiskSource {
+        try filterErrors {
+            guard let status = try ControlClient(path: control).status(disk: disk).first else {
+                throw AgentError(.filter, "the filter at \(control) serves no disk \(disk)")
+            }
+            return try ImageSource(path: sourcePath ?? status.path)
+        }
+    }
+
+    public func mark(logger: Logger) throws -> String {
+        try filterErrors {
+            let client = try ControlClient(path: control)
+            let checkpoint = try takeCheckpoint(client, logger: logger)
+            _ = try client.release(disk: disk, commit: false)
+            return checkpoint.changeID
+        }
+    }
+
+    public func changes(since base: BackupBase?, chunkSize: Int, fullRead: Bool, size: UInt64) throws -> ChangeSet {
+        try filterErrors {
+            try changes(since: base, chunkSize: chunkSize, fullRead: fullRead, size: size, client: ControlClient(path: control))
+        }
+    }
+
+    /// The filter's errors as the agent's (the CLI maps those to its messages and exit codes).
+    private func filterErrors<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as FilterError { throw AgentError(.filter, e.message, cause: e) }
+    }
 }

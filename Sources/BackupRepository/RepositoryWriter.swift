@@ -65,6 +65,12 @@ public final class RepositoryWriter: Sendable {
         }
     }
 
+    /// Whether the repository or this writer (not committed yet) holds the chunk: a converging
+    /// backup's later passes carry over what its earlier passes stored.
+    public func holds(_ id: ChunkID) -> Bool {
+        repository.contains(id) || state.withLock { $0.pending.contains(id) }
+    }
+
     /// Stores a chunk unless the repository (or this writer) already has it.
     ///
     /// - Parameters:

@@ -139,7 +139,9 @@ struct CommandParsingTests {
                                as: BackupCommand.self)
         #expect(filter.filter == "/c.sock" && filter.source == nil && filter.full && filter.tag == ["a", "b"] && filter.json)
         let filterAndPath = try parse(["backup", "--repo", "/r", "--disk", "d", "--filter", "/c", "--source", "/d.vmdk"], as: BackupCommand.self)
-        #expect(filterAndPath.source == "/d.vmdk")
+        #expect(filterAndPath.source == "/d.vmdk" && !filterAndPath.noConverge)
+        let held = try parse(["backup", "--repo", "/r", "--disk", "d", "--filter", "/c", "--no-converge"], as: BackupCommand.self)
+        #expect(held.noConverge)
         let nbd = try parse(["backup", "--repo", "/r", "--disk", "d", "--nbd", "nbd+unix:///d?socket=/s", "--bitmap", "b0"],
                             as: BackupCommand.self)
         #expect(nbd.nbd == "nbd+unix:///d?socket=/s" && nbd.bitmap == "b0")

@@ -24,6 +24,8 @@ struct BackupCommand: ParsableCommand {
     @Option(help: "An NBD URI to read from (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT).") var nbd: String?
     @Option(help: "The dirty bitmap to use with --nbd (NAME or qemu:dirty-bitmap:NAME).") var bitmap: String?
     @Flag(help: "Read the whole disk even if an incremental is possible.") var full = false
+    @Flag(help: "With --filter: hold the checkpoint for the whole backup instead of reading the live disk in passes first and checkpointing only the last small delta.")
+    var noConverge = false
     @Option(help: "A tag to attach to the snapshot (repeatable).") var tag: [String] = []
     @Flag(help: "Print JSON lines; the last is {\"type\":\"summary\", ...}.") var json = false
 
@@ -49,6 +51,7 @@ struct BackupCommand: ParsableCommand {
         var settings = BackupSettings(disk: disk)
         settings.tags = tag
         settings.fullRead = full
+        if noConverge { settings.convergence = nil }
         let bar = ProgressBar(label: "backup \(disk)", json: json)
         let signals = JobSignals()
         let logger = CommandLogHandler.logger("tessera.backup", json: json)
@@ -71,6 +74,13 @@ struct BackupCommand: ParsableCommand {
         if let reason = summary.fullReason { print("  full read because \(reason)") }
         for warning in summary.warnings { print("  warning        \(warning)") }
         if let c = summary.changeID { print("  change ID      \(c)") }
+        if !summary.passes.isEmpty {
+            let passes = summary.passes.map { String(format: "%@ in %.2fs", Output.bytes($0.bytes), $0.seconds) }.joined(separator: ", ")
+            print("  passes         \(passes) (live, before the checkpoint; \(summary.convergence ?? ""))")
+        }
+        if let held = summary.checkpointSeconds {
+            print(String(format: "  checkpoint     held %.2fs, overlay %@", held, Output.bytes(summary.overlayBytes ?? 0)))
+        }
         print("  read           \(Output.bytes(summary.bytesRead)) of \(Output.bytes(summary.diskSize))")
         print("  chunks         \(summary.chunksNew) new, \(summary.chunksReused) reused, \(summary.chunksZero) zero, \(summary.chunksCarried) carried over")
         print("  stored         \(Output.bytes(summary.bytesStored))")
