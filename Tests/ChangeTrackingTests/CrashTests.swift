@@ -40,8 +40,15 @@ struct CrashTests {
             let roundStart = before.status().currentChangeID
             try before.close(identity: nil)
             let process = try ChildProcess(executable, [dir.path, String(1000 + round)])
-            // A random instant: from during open to deep into the stream.
-            usleep(UInt32.random(in: 5_000...250_000, using: &rng))
+            // A random instant: a quarter of the rounds during open, the rest into the stream,
+            // counted from its first line, so a slow start (a sanitizer build, a loaded
+            // machine) does not turn every kill into one during open.
+            if round % 4 == 0 {
+                usleep(UInt32.random(in: 1_000...20_000, using: &rng))
+            } else {
+                _ = process.waitForLines(timeout: 60) { !$0.isEmpty }
+                usleep(UInt32.random(in: 0...200_000, using: &rng))
+            }
             let killed = process.kill()
             #expect(killed.status == 128 + SIGKILL, "round \(round): the torture tool died on its own: status \(killed.status): \(killed.stderr)")
 
