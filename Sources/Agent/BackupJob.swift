@@ -170,9 +170,10 @@ public final class BackupJob: Sendable {
     /// disk, each reading what the one before left behind, until what is left is small (by
     /// bytes, or by time at the last pass's speed), the pass limit is reached, or a pass does
     /// not shrink the delta to ¾ of what it read: the disk is written about as fast as it is
-    /// read, and more passes would not help (the checkpoint then reads that delta).
+    /// read, and more passes would not help (the checkpoint then reads that delta). Nil when
+    /// there is so little to read that the checkpoint reads it all (a quiet night's incremental).
     private func converge(_ source: any ConvergingSource, base: BackupBase?, policy: Convergence, writer: RepositoryWriter,
-                          counters: PipelineCounters) throws -> Precopy {
+                          counters: PipelineCounters) throws -> Precopy? {
         let chunkSize = repository.config.chunkSize
         let live = try source.liveReader()
         var out = Precopy()
@@ -193,6 +194,11 @@ public final class BackupJob: Sendable {
             }
             let plan = try BackupPlan.make(diskSize: live.size, chunkSize: chunkSize, base: current, changes: changes,
                                            allocated: allocated, isStored: { writer.holds($0) })
+            // Little to read: the checkpoint takes it all at once (no pass, no more marks).
+            if out.passes.isEmpty && plan.bytesToRead <= policy.finalBytes {
+                logger.info("no pass before the checkpoint: \(plan.bytesToRead) bytes to read")
+                return nil
+            }
             let passStarted = Date()
             let (map, _) = try fill(plan, from: live, writer: writer, counters: counters)
             let pass = BackupPass(bytes: plan.bytesToRead, seconds: Date().timeIntervalSince(passStarted))
