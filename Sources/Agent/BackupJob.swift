@@ -86,40 +86,23 @@ public final class BackupJob: Sendable {
     }
 
     /// Runs the backup; `progress` is called about twice a second from another thread.
-    public func run(progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> BackupSummary {
-        let started = Date()
-        HeapTuning.applyOnce()
+    /// - Parameter prepared: what `prepare` read before the point in time was fixed (the
+    ///   nightly run converges each disk before it freezes the guest and checkpoints the VM's
+    ///   disks as one group); nil prepares now.
+    public func run(prepared: PreparedBackup? = nil,
+                    progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> BackupSummary {
+        let p = try prepared ?? prepare(progress: progress)
+        defer { p.ticker.stop() }
+        let (base, baseNote, writer, counters, precopy, started) = (p.base, p.baseNote, p.writer, p.counters, p.precopy, p.started)
         let chunkSize = repository.config.chunkSize
-        let (base, baseNote) = RepositoryAccess.newestUsableBase(repository, disk: settings.disk)
-        if let baseNote { logger.notice("\(baseNote)") }
-        try cancellation?.check()
-        let writer = try RepositoryAccess.writer(repository)
-        let counters = PipelineCounters()
-        let report = { @Sendable in
-            progress(BackupProgress(bytesDone: counters.bytesRead.load(ordering: .relaxed),
-                                    bytesPlanned: counters.bytesPlanned.load(ordering: .relaxed),
-                                    seconds: Date().timeIntervalSince(started)))
-        }
-        let ticker = Ticker(every: 0.5, name: "tessera-progress", report)
-        defer { ticker.stop() }
-
-        // Converging: the live disk is read in passes first; the checkpoint covers the rest.
-        var precopy: Precopy?
-        if let converging = source as? any ConvergingSource, converging.canConverge, let policy = settings.convergence {
-            do {
-                precopy = try converge(converging, base: base, policy: policy, writer: writer, counters: counters)
-            } catch {
-                writer.abandon()
-                throw error
-            }
-        }
+        let report = p.report
         let checkpointTaken = Date()
         let session: any ChangeSession
         do {
             session = try source.begin(base: precopy?.base ?? base, chunkSize: chunkSize, fullRead: precopy == nil && settings.fullRead,
                                        logger: logger)
         } catch {
-            writer.abandon()
+            p.abandon()
             throw error
         }
         var summary: BackupSummary
@@ -148,7 +131,7 @@ public final class BackupJob: Sendable {
             report()
             summary.overlayBytes = session.overlayBytes()
         } catch {
-            writer.abandon()
+            p.abandon()
             session.abort()
             throw error
         }
@@ -164,6 +147,36 @@ public final class BackupJob: Sendable {
         }
         if session.changeID != nil { summary.checkpointSeconds = Date().timeIntervalSince(checkpointTaken) }
         return summary
+    }
+
+    /// Everything before the point in time is fixed: the base snapshot, the writer, and (for a
+    /// source that can converge) the passes over the live disk. The caller then runs it, or
+    /// abandons it (`PreparedBackup.abandon`).
+    public func prepare(progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) throws -> PreparedBackup {
+        let started = Date()
+        HeapTuning.applyOnce()
+        let (base, baseNote) = RepositoryAccess.newestUsableBase(repository, disk: settings.disk)
+        if let baseNote { logger.notice("\(baseNote)") }
+        try cancellation?.check()
+        let writer = try RepositoryAccess.writer(repository)
+        let counters = PipelineCounters()
+        let report = { @Sendable in
+            progress(BackupProgress(bytesDone: counters.bytesRead.load(ordering: .relaxed),
+                                    bytesPlanned: counters.bytesPlanned.load(ordering: .relaxed),
+                                    seconds: Date().timeIntervalSince(started)))
+        }
+        let prepared = PreparedBackup(base: base, baseNote: baseNote, writer: writer, counters: counters, started: started,
+                                      report: report, ticker: Ticker(every: 0.5, name: "tessera-progress", report))
+        // Converging: the live disk is read in passes first; the checkpoint covers the rest.
+        if let converging = source as? any ConvergingSource, converging.canConverge, let policy = settings.convergence {
+            do {
+                prepared.precopy = try converge(converging, base: base, policy: policy, writer: writer, counters: counters)
+            } catch {
+                prepared.abandon()
+                throw error
+            }
+        }
+        return prepared
     }
 
     /// vMotion's pre-copy applied to a backup (see `ConvergingSource`): passes over the live
@@ -288,5 +301,34 @@ public final class BackupJob: Sendable {
                                                        chunkSize: plan.map.chunkSize, started: started)
         summary.seconds = Date().timeIntervalSince(started)
         return summary
+    }
+}
+
+/// A backup prepared up to its point in time (`BackupJob.prepare`): the base, the writer
+/// holding what the passes over the live disk stored, and where they got to.
+public final class PreparedBackup: @unchecked Sendable {
+    let base: BackupBase?
+    let baseNote: String?
+    let writer: RepositoryWriter
+    let counters: PipelineCounters
+    let started: Date
+    let report: @Sendable () -> Void
+    let ticker: Ticker
+    /// Set once by `prepare`, before the object is handed out.
+    var precopy: Precopy?
+
+    init(base: BackupBase?, baseNote: String?, writer: RepositoryWriter, counters: PipelineCounters, started: Date,
+         report: @escaping @Sendable () -> Void, ticker: Ticker) {
+        (self.base, self.baseNote, self.writer, self.counters, self.started, self.report, self.ticker) =
+            (base, baseNote, writer, counters, started, report, ticker)
+    }
+
+    /// Bytes the passes read before the checkpoint.
+    public var bytesReadLive: UInt64 { precopy?.passes.reduce(0) { $0 + $1.bytes } ?? 0 }
+
+    /// Gives the backup up: what the passes stored becomes garbage for prune.
+    public func abandon() {
+        ticker.stop()
+        writer.abandon()
     }
 }

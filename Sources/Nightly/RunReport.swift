@@ -79,6 +79,10 @@ public struct RunReport: Codable, Sendable {
         public var bytesRead: UInt64 = 0
         public var bytesStored: UInt64 = 0
         public var seconds: Double = 0
+        /// Converging: the passes over the live disk before the checkpoint (bytes each).
+        public var passes: [UInt64]?
+        /// How long the disk's checkpoint was held, from the group checkpoint to its release.
+        public var checkpointSeconds: Double?
         public var error: String?
 
         public init(name: String, changes: String) {
@@ -87,8 +91,9 @@ public struct RunReport: Codable, Sendable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case name, changes, snapshot, mode, seconds, error
+            case name, changes, snapshot, mode, seconds, error, passes
             case fullReason = "full_reason", diskSize = "disk_size", bytesRead = "bytes_read", bytesStored = "bytes_stored"
+            case checkpointSeconds = "checkpoint_seconds"
         }
     }
 

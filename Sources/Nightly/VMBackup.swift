@@ -65,11 +65,20 @@ struct VMBackup {
         report.disks = vm.disks.map { RunReport.DiskReport(name: $0.name, changes: $0.changes.name) }
         report.warnings += NightlyRun.consistencyWarnings(vm)
         var checkpoints: [String: ControlProtocol.CheckpointReply] = [:]
+        /// Filter disks read live before the checkpoint (converging), waiting for it.
+        var prepared: [String: PreparedBackup] = [:]
+        defer { for p in prepared.values { p.abandon() } }
         /// Filter disks whose checkpoint is still open: a failure releases them with abort.
         var open: Set<String> = []
         do {
             try run.cancellation.check()
             try runner.run(hooks.commands[.backupStart] ?? [], .init(phase: .backupStart, vm: vm.name, disks: disks))
+            // Converging: each filter disk is read live first, so the group checkpoint (taken
+            // while the guest is frozen) is held only for what was written meanwhile.
+            for disk in vm.disks where disk.changes == .filter {
+                try run.cancellation.check()
+                prepared[disk.name] = try job(disk, adopting: nil).prepare()
+            }
             try runner.run(hooks.commands[.preCheckpoint] ?? [], .init(phase: .preCheckpoint, vm: vm.name, disks: disks))
             let filterDisks = vm.disks.filter { $0.changes == .filter }.map(\.name)
             if !filterDisks.isEmpty {
@@ -94,7 +103,7 @@ struct VMBackup {
             for (index, disk) in vm.disks.enumerated() {
                 do {
                     try run.cancellation.check()
-                    let summary = try backup(disk, adopting: checkpoints[disk.name])
+                    let summary = try backup(disk, adopting: checkpoints[disk.name], prepared: prepared.removeValue(forKey: disk.name))
                     open.remove(disk.name)
                     report.disks[index].snapshot = summary.snapshot
                     report.disks[index].mode = summary.mode.rawValue
@@ -103,6 +112,8 @@ struct VMBackup {
                     report.disks[index].bytesRead = summary.bytesRead
                     report.disks[index].bytesStored = summary.bytesStored
                     report.disks[index].seconds = summary.seconds
+                    report.disks[index].passes = summary.passes.isEmpty ? nil : summary.passes.map(\.bytes)
+                    report.disks[index].checkpointSeconds = summary.checkpointSeconds
                     report.warnings += summary.warnings
                 } catch {
                     // The job aborted its session (the checkpoint released with abort) unless it
@@ -225,7 +236,18 @@ struct VMBackup {
         }
     }
 
-    func backup(_ disk: RunConfig.Disk, adopting checkpoint: ControlProtocol.CheckpointReply?) throws -> BackupSummary {
+    func backup(_ disk: RunConfig.Disk, adopting checkpoint: ControlProtocol.CheckpointReply?,
+                prepared: PreparedBackup?) throws -> BackupSummary {
+        let summary = try job(disk, adopting: checkpoint).run(prepared: prepared)
+        logger.notice("disk \(disk.name) backed up: snapshot \(summary.snapshot)",
+                      metadata: ["event": "disk-done", "snapshot": "\(summary.snapshot)", "mode": "\(summary.mode.rawValue)",
+                                 "bytes_read": "\(summary.bytesRead)", "bytes_stored": "\(summary.bytesStored)"])
+        return summary
+    }
+
+    /// The backup job of one disk; a filter disk's adopts the VM's group checkpoint (nil: the
+    /// job would take its own, which `prepare` uses to converge before that checkpoint).
+    func job(_ disk: RunConfig.Disk, adopting checkpoint: ControlProtocol.CheckpointReply?) -> BackupJob {
         let source: any ChangeSource
         switch disk.changes {
         case .filter:
@@ -239,12 +261,7 @@ struct VMBackup {
         settings.tags = ["nightly"]
         var logger = self.logger
         logger[metadataKey: "disk"] = "\(disk.name)"
-        let summary = try BackupJob(repository: repository, source: source, settings: settings, logger: logger,
-                                    cancellation: run.cancellation).run()
-        logger.notice("disk \(disk.name) backed up: snapshot \(summary.snapshot)",
-                      metadata: ["event": "disk-done", "snapshot": "\(summary.snapshot)", "mode": "\(summary.mode.rawValue)",
-                                 "bytes_read": "\(summary.bytesRead)", "bytes_stored": "\(summary.bytesStored)"])
-        return summary
+        return BackupJob(repository: repository, source: source, settings: settings, logger: logger, cancellation: run.cancellation)
     }
 
     /// Releases with abort the checkpoints a failed attempt left open (a job that failed

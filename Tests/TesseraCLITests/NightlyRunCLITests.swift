@@ -190,6 +190,32 @@ final class Night {
         #expect(prom.contains("tessera_disk_bytes_read{vm=\"vm1\",disk=\"a\"} 65536"))
     }
 
+    /// A disk with more to read than a checkpoint reads at once is read live before the VM's
+    /// group checkpoint; a small one is not. Both restore to exactly their bytes, in one group.
+    @Test func aNightReadsABigDiskLiveBeforeTheGroupCheckpoint() throws {
+        let night = try Night("night-converge")
+        let (big, small) = (try night.disk("big", mebibytes: 48), try night.disk("small"))
+        try night.writeConfig(Night.vm("vm1", disks: [("big", big), ("small", small)]))
+        try night.startFilter()
+        for (i, offset) in stride(from: 0, to: 40 << 20, by: 4 << 20).enumerated() {
+            try night.write("big", offset: offset, length: 4 << 20, pattern: UInt8(10 + i))
+        }
+        try night.write("small", offset: 1 << 20, length: 1 << 20, pattern: 7)
+        let first = try night.run()
+        #expect(first.result.status == 0, "\(first.result.stderr)")
+        let disks = Night.disks(Night.vms(first.report)["vm1"])
+        let passes = disks["big"]?["passes"] as? [Int] ?? []
+        #expect(passes.first ?? 0 >= 40 << 20, "the big disk was not read live first: \(disks["big"] ?? [:])")
+        #expect(disks["small"]?["passes"] == nil, "the small disk needs no pass: \(disks["small"] ?? [:])")
+        #expect(disks["big"]?["checkpoint_seconds"] is Double && disks["small"]?["checkpoint_seconds"] is Double)
+        for (name, path) in [("big", big), ("small", small)] {
+            let id = try #require(disks[name]?["snapshot"] as? String)
+            #expect(try night.restored(id) == Data(contentsOf: URL(fileURLWithPath: path)), "disk \(name)")
+        }
+        #expect(try night.openCheckpoints() == [])
+        try Tessera.ok(["check", "--repo", night.repo, "--read-data"])
+    }
+
     @Test func aFailingVMIsRetriedAndDoesNotStopTheOthers() throws {
         let night = try Night("night-fail")
         let (a, b, c) = (try night.disk("a"), try night.disk("b"), try night.disk("c"))
