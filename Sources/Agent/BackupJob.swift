@@ -220,12 +220,13 @@ public final class BackupJob: Sendable {
                                  map: map)
             let next = try source.mark(logger: logger)
             let delta = try source.changes(since: current, chunkSize: chunkSize, fullRead: false, size: live.size)
-            guard case .since = delta else {
+            guard case .since(let written, _) = delta else {
                 out.stop = "the filter cannot say what changed during pass \(out.passes.count)"
                 break
             }
-            let left = try BackupPlan.make(diskSize: live.size, chunkSize: chunkSize, base: current, changes: delta,
-                                           allocated: [], isStored: { writer.holds($0) }).bytesToRead
+            // What the next pass would read (the chunks written to), without building its plan:
+            // that copies the map and looks up every chunk, too much to do twice per pass.
+            let left = ChunkPipeline.segments(for: written.coalesced(), chunkSize: UInt64(chunkSize), diskSize: live.size).totalLength
             let rate = pass.seconds > 0 ? Double(pass.bytes) / pass.seconds : .infinity
             if left <= policy.finalBytes || Double(left) / rate <= policy.finalSeconds {
                 out.stop = "converged: \(left) bytes left for the checkpoint"

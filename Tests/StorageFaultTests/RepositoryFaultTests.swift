@@ -73,6 +73,31 @@ struct RepositoryFaultTests {
             }
             return ids
         }
+
+        /// Counts the steps `arguments` (given a repository path) takes under the repository,
+        /// then runs it once per fault of `kind`, each on a fresh copy of the template. A failed
+        /// run must fail cleanly, a short write must be retried; `verify` judges the rest.
+        func everyFault(_ kind: FaultInjection.Kind, of what: String, _ arguments: (String) -> [String],
+                        verify: (_ repo: String, _ result: CommandResult, _ fired: String?, _ context: String) throws -> Void) throws {
+            let counting = try copy("counting")
+            let counts = try FaultInjection(path: counting, report: dir.file("report")).countSteps(arguments(counting))
+            #expect((counts[kind.name] ?? 0) > 0, "\(what) makes no \(kind.name) call under the repository: \(counts)")
+            var tried = 0
+            for fault in FaultInjection.plan(counts, kinds: [kind]) {
+                let repo = try copy("repo")
+                let faulty = FaultInjection(path: repo, report: dir.file("report"))
+                let r = try faulty.run(arguments(repo), fault: fault)
+                let fired = faulty.fired()
+                if kind.name == "short" {
+                    #expect(r.succeeded, "a short write must be retried, not fail \(what) (\(fault), \(fired ?? "-")): \(r.stderr)")
+                } else if !r.succeeded {
+                    FaultInjection.expectCleanFailure(r, fault, fired: fired)
+                }
+                try verify(repo, r, fired, "\(what) under \(fault) (\(fired ?? "did not fire"), exit \(r.status))")
+                tried += 1
+            }
+            print("\(kind.name): \(tried) faults over \(counts[kind.name] ?? 0) steps of \(what)")
+        }
     }
 
     /// Faults tried per kind (each at every step of that kind).
@@ -85,33 +110,15 @@ struct RepositoryFaultTests {
         s.expected[try s.backup(s.template)] = v1
         let first = Set(s.expected.keys)
         let v2 = try s.writeDisk(version: 2)
-        let arguments = { (repo: String) in ["backup", "--repo", repo, "--disk", "d", "--source", s.disk] }
-
-        let counting = try s.copy("counting")
-        let injector = FaultInjection(path: counting, report: s.dir.file("report"))
-        let counts = try injector.countSteps(arguments(counting))
-        #expect((counts[kind.name] ?? 0) > 0, "a backup makes no \(kind.name) call under the repository: \(counts)")
-        var tried = 0
-        for fault in FaultInjection.plan(counts, kinds: [kind]) {
-            let repo = try s.copy("repo")
-            let faulty = FaultInjection(path: repo, report: s.dir.file("report"))
-            let r = try faulty.run(arguments(repo), fault: fault)
-            let fired = faulty.fired()
-            if kind.name == "short" {
-                #expect(r.succeeded, "a short write must be retried, not fail the backup (\(fault), \(fired ?? "-")): \(r.stderr)")
-            } else if !r.succeeded {
-                FaultInjection.expectCleanFailure(r, fault, fired: fired)
-            }
-            let context = "backup under \(fault) (\(fired ?? "did not fire"), exit \(r.status))"
+        try s.everyFault(kind, of: "a backup", { ["backup", "--repo", $0, "--disk", "d", "--source", s.disk] }) { repo, r, _, context in
             let ids = try s.expectConsistent(repo, mustHave: first, newBytes: v2, context)
             #expect(ids.count <= 2, "one backup committed more than one snapshot: \(ids)")
             if r.succeeded { #expect(ids.count == 2, "a backup that succeeded committed nothing (\(context))") }
             // The fault is gone: the same backup succeeds and restores to the disk.
             let again = try s.backup(repo)
-            #expect(try Tessera.restore(repo: repo, snapshot: again, scratch: s.dir.path) == v2, "the retry after \(context)")
-            tried += 1
+            let restored = try Tessera.restore(repo: repo, snapshot: again, scratch: s.dir.path)
+            #expect(restored == v2, "the retry after \(context)")
         }
-        print("\(kind.name): \(tried) faults over \(counts[kind.name] ?? 0) steps of a backup")
     }
 
     @Test("a prune survives a fault at every step", arguments: kinds)
@@ -128,32 +135,13 @@ struct RepositoryFaultTests {
         // still uses (so the prune deletes packs and rewrites others).
         try Tessera.ok(["forget", "--repo", s.template, "--keep-last", "1"])
         let kept: Set = [order[2]]
-        let arguments = { (repo: String) in ["prune", "--repo", repo] }
-
-        let counting = try s.copy("counting")
-        let injector = FaultInjection(path: counting, report: s.dir.file("report"))
-        let counts = try injector.countSteps(arguments(counting))
-        #expect((counts[kind.name] ?? 0) > 0, "a prune makes no \(kind.name) call under the repository: \(counts)")
-        var tried = 0
-        for fault in FaultInjection.plan(counts, kinds: [kind]) {
-            let repo = try s.copy("repo")
-            let faulty = FaultInjection(path: repo, report: s.dir.file("report"))
-            let r = try faulty.run(arguments(repo), fault: fault)
-            let fired = faulty.fired()
-            if kind.name == "short" {
-                #expect(r.succeeded, "a short write must be retried, not fail the prune (\(fault), \(fired ?? "-")): \(r.stderr)")
-            } else if !r.succeeded {
-                FaultInjection.expectCleanFailure(r, fault, fired: fired)
-            }
-            let context = "prune under \(fault) (\(fired ?? "did not fire"), exit \(r.status))"
+        try s.everyFault(kind, of: "a prune", { ["prune", "--repo", $0] }) { repo, _, _, context in
             let ids = try s.expectConsistent(repo, mustHave: kept, newBytes: nil, context)
             #expect(Set(ids) == kept, "a prune changed the snapshots: \(ids) (\(context))")
             // The fault is gone: the prune finishes and leaves a clean, smaller repository.
             try Tessera.ok(["prune", "--repo", repo])
             _ = try s.expectConsistent(repo, mustHave: kept, newBytes: nil, "the prune retried after \(context)")
-            tried += 1
         }
-        print("\(kind.name): \(tried) faults over \(counts[kind.name] ?? 0) steps of a prune")
     }
 
     /// A check that cannot read an object must say so, not call it damage: it sets nothing
@@ -168,28 +156,15 @@ struct RepositoryFaultTests {
             s.expected[try s.backup(s.template)] = bytes
         }
         let all = Set(s.expected.keys)
-        let arguments = { (repo: String) in ["check", "--repo", repo, "--read-data", "--json"] }
-
-        let counting = try s.copy("counting")
-        let counts = try FaultInjection(path: counting, report: s.dir.file("report")).countSteps(arguments(counting))
-        var tried = 0
-        for fault in FaultInjection.plan(counts, kinds: [kind]) {
-            let repo = try s.copy("repo")
-            let faulty = FaultInjection(path: repo, report: s.dir.file("report"))
-            let r = try faulty.run(arguments(repo), fault: fault)
-            let fired = faulty.fired()
-            if !r.succeeded { FaultInjection.expectCleanFailure(r, fault, fired: fired) }
+        try s.everyFault(kind, of: "a check --read-data", { ["check", "--repo", $0, "--read-data", "--json"] }) { repo, r, fired, context in
             if kind.name == "read", let fired {
                 #expect(!r.succeeded, "a check that could not read \(fired) reported the repository clean")
             }
-            let context = "check under \(fault) (\(fired ?? "did not fire"), exit \(r.status))"
             let summary = Tessera.lines(r).last { $0["type"] as? String == "summary" }
             #expect(summary == nil || summary?["set_aside_now"] as? Int == 0, "\(context): \(r.stdout)")
             let ids = try s.expectConsistent(repo, mustHave: all, newBytes: nil, context)
             #expect(Set(ids) == all)
-            tried += 1
         }
-        print("\(kind.name): \(tried) faults over \(counts[kind.name] ?? 0) steps of a check --read-data")
     }
 
     /// A lock file that cannot be read was once skipped as if absent: a prune could then run
