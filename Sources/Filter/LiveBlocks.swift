@@ -34,7 +34,7 @@ struct LiveBlocks {
         guard let overlay else { return try image.read(into: buffer, at: offset) }
         try forEachPiece(of: ByteRange(offset: offset, length: UInt64(buffer.count))) { block, within, piece in
             let out = slice(buffer, piece, from: offset)
-            if try !overlay.read(block: block, within: within, into: out) {
+            if try !overlay.read(block: block, within: within, into: out, base: { try image.read(into: $1, at: $0) }) {
                 try image.read(into: out, at: piece.offset)
             }
         }
@@ -47,7 +47,7 @@ struct LiveBlocks {
         forEachPiece(of: ByteRange(offset: offset, length: UInt64(buffer.count))) { block, within, piece in
             guard served else { return }
             let out = slice(buffer, piece, from: offset)
-            switch overlay.readIfCached(block: block, within: within, into: out) {
+            switch overlay.readIfCached(block: block, within: within, into: out, base: { image.readIfCached(into: $1, at: $0) }) {
             case .served: break
             case .notInOverlay: served = image.readIfCached(into: out, at: piece.offset)
             case .wouldBlock: served = false
@@ -103,10 +103,10 @@ struct LiveBlocks {
         }
     }
 
-    /// Reads a whole block of the base for copy-on-write; past the end of the disk (the last
-    /// block may be partial) reads as zeroes.
+    /// Reads the base for copy-on-write (the rest of a partly written sub-block); past the end
+    /// of the disk (the last block may be partial) reads as zeroes.
     private func readBase(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        let count = Int(min(UInt64(buffer.count), size - offset))
+        let count = offset >= size ? 0 : Int(min(UInt64(buffer.count), size - offset))
         if count < buffer.count {
             UnsafeMutableRawBufferPointer(rebasing: buffer[count...]).initializeMemory(as: UInt8.self, repeating: 0)
         }

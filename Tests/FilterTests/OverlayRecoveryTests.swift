@@ -28,7 +28,7 @@ struct OverlayRecoveryTests {
 
         let recovered = try Overlay.recover(in: dir.path, granularity: granularity, diskSize: 16 * granularity)
         var block = [UInt8](repeating: 0, count: Int(granularity))
-        let mapped = try block.withUnsafeMutableBytes { try recovered.read(block: 3, within: 0, into: $0) }
+        let mapped = try block.withUnsafeMutableBytes { try recovered.read(block: 3, within: 0, into: $0, base: base) }
         #expect(mapped, "block 3 fell back to the base: its acknowledged writes were lost")
         var expected = [UInt8](repeating: 0xBB, count: Int(granularity))
         for i in 0..<4096 { expected[i] = 0x11; expected[8192 + i] = 0x22 }
