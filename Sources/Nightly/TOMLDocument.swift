@@ -36,7 +36,7 @@ public struct TOMLDocument: Sendable {
     /// `[#]`, `[[!x]]`) before toml++ sees it: toml++ 3 asserts there (found by Tools/fuzz),
     /// which aborts a debug build and is undefined behaviour (an assumed condition) in a release one.
     static func checkTableHeaders(_ text: String, file: String) throws {
-        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (index, line) in lines(of: text).enumerated() {
             var rest = line.unicodeScalars.drop { $0 == " " || $0 == "\t" }
             guard rest.first == "[" else { continue }
             rest = rest.dropFirst()
@@ -48,6 +48,16 @@ public struct TOMLDocument: Sendable {
                 throw ConfigError(file: file, line: index + 1, key: nil,
                                   message: "not valid TOML: a table name starts with an ASCII letter, digit, '-', '_' or a quote (found \(c.map { "\"\($0)\"" } ?? "the end of the line"))")
             }
+        }
+    }
+
+    /// The lines of a text as TOML (and toml++) counts them: split at LF, a CR before it
+    /// dropped. Not `split(separator: "\n")`: that splits Characters, and "\r\n" is one
+    /// Character, so a file saved with CRLF endings would be one long line (found by
+    /// Tools/fuzz: a table header after a CRLF escaped the check above).
+    static func lines(of text: String) -> [Substring] {
+        text.unicodeScalars.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            Substring(line.last == "\r" ? line.dropLast() : line)
         }
     }
 
@@ -80,7 +90,7 @@ enum TOMLLineMap {
         var lines: [String: Int] = [:]
         var table = ""                    // the current table's path, e.g. "vm[1].disk[0]"
         var arrayCounts: [String: Int] = [:]  // path of an array of tables → entries so far
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (i, raw) in TOMLDocument.lines(of: text).enumerated() {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
             if line.hasPrefix("[[") {

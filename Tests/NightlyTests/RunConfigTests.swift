@@ -77,6 +77,27 @@ struct RunConfigTests {
         }
     }
 
+    /// A config saved with CRLF line endings (an editor on another system) reads the same, and
+    /// its mistakes are named by the same line: Swift splits "\r\n" as one Character, which
+    /// once made such a file one line long (and let a bad table header reach toml++'s assertion).
+    @Test(arguments: mistakes)
+    func crlfLineEndingsGiveTheSameLines(_ mistake: (String, String?, String, String)) throws {
+        let (text, marker, key, _) = mistake
+        let line = marker.flatMap { m in text.split(separator: "\n", omittingEmptySubsequences: false).lastIndex { $0.contains(m) }.map { $0 + 1 } }
+        do {
+            _ = try RunConfig.parse(text.replacingOccurrences(of: "\n", with: "\r\n"), file: "night.toml")
+            Issue.record("accepted a CRLF config with a mistake (\(key))")
+        } catch let e as ConfigError {
+            #expect(e.line == line, "\(e)")
+            if !key.isEmpty { #expect(e.key == key, "\(e)") }
+        }
+        let good = try RunConfig.parse(Self.minimal.replacingOccurrences(of: "\n", with: "\r\n"), file: "night.toml")
+        #expect(good.vms.map(\.name) == (try RunConfig.parse(Self.minimal, file: "night.toml")).vms.map(\.name))
+        #expect(throws: ConfigError.self) {
+            _ = try RunConfig.parse(Self.minimal.replacingOccurrences(of: "\n", with: "\r\n") + "\r\n[[\u{8a}disk]]\r\n", file: "night.toml")
+        }
+    }
+
     /// The file system: a disk that is not there, and one file under two disks (through a
     /// symlink), are named by line; hooks must be programs.
     @Test func filesAreCheckedWhenTheConfigIsLoaded() throws {
