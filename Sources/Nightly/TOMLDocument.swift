@@ -22,6 +22,7 @@ public struct TOMLDocument: Sendable {
     /// - Throws: `ConfigError` with the line of the syntax error.
     public init(text: String, file: String) throws {
         try Self.checkTableHeaders(text, file: file)
+        try Self.checkArrayElements(text, file: file)
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -47,6 +48,65 @@ public struct TOMLDocument: Sendable {
             guard startsKey else {
                 throw ConfigError(file: file, line: index + 1, key: nil,
                                   message: "not valid TOML: a table name starts with an ASCII letter, digit, '-', '_' or a quote (found \(c.map { "\"\($0)\"" } ?? "the end of the line"))")
+            }
+        }
+    }
+
+    /// Refuses an array element that starts with `}` or a Unicode line separator (U+0085,
+    /// U+2028, U+2029) before toml++ sees it: its array parser hands those to the value parser,
+    /// which asserts that a value never starts with a terminator (found by Tools/fuzz:
+    /// `name = [}`). Walks the text outside strings and comments, knowing only brackets.
+    static func checkArrayElements(_ text: String, file: String) throws {
+        var open: [Unicode.Scalar] = []       // "[" of arrays and "{" of inline tables
+        var elementDue = false                // after an array's "[" or ",": a value or "]" next
+        var line = 1, atLineStart = true
+        var scalars = text.unicodeScalars[...]
+        func refuse(_ c: Unicode.Scalar) -> ConfigError {
+            ConfigError(file: file, line: line, key: nil,
+                        message: "not valid TOML: an array holds values separated by commas (found \(c == "}" ? "\"}\"" : "U+\(String(c.value, radix: 16, uppercase: true))") where a value or \"]\" belongs)")
+        }
+        while let c = scalars.popFirst() {
+            switch c {
+            case "\n":
+                line += 1
+                atLineStart = open.isEmpty
+            case " ", "\t", "\r":
+                break
+            case "#":
+                while let next = scalars.first, next != "\n" { scalars.removeFirst() }
+            case "\"", "'":
+                // A string, "..." with escapes or '...' without, either of them tripled for
+                // several lines; its end is all that matters here.
+                elementDue = false; atLineStart = false
+                let triple = scalars.starts(with: [c, c])
+                if triple { scalars.removeFirst(2) }
+                while let next = scalars.popFirst() {
+                    if next == "\n" { line += 1; if !triple { break } }
+                    if next == "\\" && c == "\"" { if scalars.popFirst() == "\n" { line += 1 }; continue }
+                    if next == c && (!triple || scalars.starts(with: [c, c])) {
+                        if triple { scalars.removeFirst(2) }
+                        break
+                    }
+                }
+            case "[" where atLineStart && open.isEmpty:
+                // A table header: its name is checked by `checkTableHeaders`.
+                while let next = scalars.first, next != "\n" { scalars.removeFirst() }
+            case "[":
+                open.append(c); elementDue = true; atLineStart = false
+            case "{":
+                if elementDue { elementDue = false }
+                open.append(c); atLineStart = false
+            case "}", "\u{85}", "\u{2028}", "\u{2029}":
+                if elementDue { throw refuse(c) }
+                if c == "}", open.last == "{" { open.removeLast() }
+                atLineStart = false
+            case "]":
+                if open.last == "[" { open.removeLast() }
+                elementDue = false; atLineStart = false
+            case ",":
+                elementDue = open.last == "["; atLineStart = false
+            default:
+                elementDue = false; atLineStart = false
             }
         }
     }

@@ -98,6 +98,35 @@ struct RunConfigTests {
         }
     }
 
+    /// Array elements toml++ would assert on (found by Tools/fuzz) are refused with the line;
+    /// arrays and inline tables people write still read.
+    @Test func arrayElementsTomlPlusPlusAssertsOnAreRefused() throws {
+        for (bad, line) in [("a = [}]", 1), ("a = [1, }", 1), ("a = [\n  # c\n  }\n]", 3), ("a = [\u{2028}]", 1),
+                            ("a = [\"x\",\n\u{85}]", 2), ("a = [{ b = [ } ] }]", 1)] as [(String, Int)] {
+            do {
+                _ = try TOMLDocument(text: bad, file: "t.toml")
+                Issue.record("accepted \(bad.debugDescription)")
+            } catch let e as ConfigError {
+                #expect(e.line == line && e.description.contains("not valid TOML"), "\(bad.debugDescription): \(e)")
+            }
+        }
+        let good = """
+            [t]
+            a = [ "x]}", 'y[,', \"\"\"z
+            }]\"\"\", ]   # trailing comma
+            b = [{ c = [1, 2] }, { d = "}" }]
+            e = [
+              1, # one
+              2,
+            ]
+            f = {}
+            """
+        let doc = try TOMLDocument(text: good, file: "t.toml")
+        guard case .table(let t) = doc.root["t"] else { Issue.record("no table t"); return }
+        #expect(t["a"] == .array([.string("x]}"), .string("y[,"), .string("z\n}]")]))
+        #expect(t["e"] == .array([.int(1), .int(2)]))
+    }
+
     /// The file system: a disk that is not there, and one file under two disks (through a
     /// symlink), are named by line; hooks must be programs.
     @Test func filesAreCheckedWhenTheConfigIsLoaded() throws {
